@@ -1,0 +1,1 @@
+//! ferry-engine: the generic durable step runner.

@@ -1,0 +1,1 @@
+//! ferry-steps: the clone workflow (work in progress; see ARCHITECTURE.md).
