@@ -834,3 +834,19 @@ impl RunActor {
         Ok(true)
     }
 }
+
+/// Writes a run's log as JSON Lines: one envelope a line, the event in
+/// readable JSON with every step-defined payload passed through `redact`
+/// (which must remove Secret data). Returns the lines written.
+pub fn export_run(
+    store: &Store,
+    run: RunId,
+    out: &mut dyn std::io::Write,
+    redact: &dyn Fn(serde_json::Value) -> serde_json::Value,
+) -> Result<u64> {
+    let render = |bytes: &[u8]| match Event::decode(bytes) {
+        Ok(event) => event.to_export_json(redact),
+        Err(e) => serde_json::json!({ "undecodable": e.to_string() }),
+    };
+    Ok(store.export_jsonl(run, out, &render)?)
+}

@@ -26,7 +26,7 @@ pub mod state;
 pub mod step;
 
 pub use clock::Clock;
-pub use engine::{Engine, EngineOptions, RetryPolicy, Submission, load_state};
+pub use engine::{Engine, EngineOptions, RetryPolicy, Submission, export_run, load_state};
 pub use error::{Error, Result};
 pub use event::{DecodeError, EVENT_FORMAT_V1, Event, Json, Refusal, StepDecl, StepId};
 pub use failpoint::failpoint;

@@ -289,21 +289,24 @@ impl RunState {
     }
 
     fn check_acyclic(&self) -> Fold {
-        // Kahn's algorithm over the whole plan.
-        let mut indegree: BTreeMap<&StepId, usize> =
-            self.steps.iter().map(|(id, s)| (id, s.decl.deps.len())).collect();
-        let mut ready: Vec<&StepId> =
-            indegree.iter().filter(|(_, d)| **d == 0).map(|(id, _)| *id).collect();
+        // Kahn's algorithm over the whole plan, O(steps + dependencies).
+        let mut indegree: BTreeMap<&StepId, usize> = BTreeMap::new();
+        let mut dependents: BTreeMap<&StepId, Vec<&StepId>> = BTreeMap::new();
+        for (id, s) in &self.steps {
+            indegree.insert(id, s.decl.deps.len());
+            for dep in &s.decl.deps {
+                dependents.entry(dep).or_default().push(id);
+            }
+        }
+        let mut ready: Vec<&StepId> = indegree.iter().filter(|(_, d)| **d == 0).map(|(id, _)| *id).collect();
         let mut seen = 0;
         while let Some(id) = ready.pop() {
             seen += 1;
-            for (other, s) in &self.steps {
-                if s.decl.deps.contains(id) {
-                    let d = indegree.get_mut(other).expect("every step has an indegree");
-                    *d -= 1;
-                    if *d == 0 {
-                        ready.push(other);
-                    }
+            for other in dependents.get(id).into_iter().flatten() {
+                let d = indegree.get_mut(other).expect("every step has an indegree");
+                *d -= 1;
+                if *d == 0 {
+                    ready.push(other);
                 }
             }
         }

@@ -37,6 +37,18 @@ fn run_until_failpoint(dir: &Path, scenario: &str, point: &str) -> bool {
         let _ = tx.send(false);
     });
     let reached = rx.recv_timeout(Duration::from_secs(60)).unwrap_or(false);
+    if reached {
+        // While the child holds the state dir, nobody else may open it.
+        let err = ferry_store::Store::open(ferry_store::StoreOptions {
+            dir: dir.join("state"),
+            mac_key: ferry_store::Key32::from_bytes([0; 32]),
+            blob_key: None,
+        })
+        .err()
+        .expect("a second opener is refused");
+        assert!(matches!(err, ferry_store::Error::Locked { .. }), "{err}");
+        assert!(err.to_string().contains(&dir.join("state").display().to_string()), "{err}");
+    }
     // SIGKILL: no destructor, no flush, no graceful anything.
     let _ = child.kill();
     let _ = child.wait();

@@ -433,3 +433,31 @@ async fn wait_until(mut cond: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+#[tokio::test]
+async fn export_is_json_lines_with_payloads_redacted() {
+    let env = Env::new();
+    let engine = env.engine(fast_options());
+    let mut sub = submission("exported", vec![work("a", WorkInput::default())]);
+    sub.spec = ferry_engine::Json::encode(&serde_json::json!({ "name": "exported", "secretData": { "password": "hunter2" } })).unwrap();
+    let run = engine.submit(sub).await.unwrap();
+    engine.wait(run).await.unwrap();
+    let redact = |mut v: serde_json::Value| {
+        if let Some(obj) = v.as_object_mut() {
+            if obj.contains_key("secretData") {
+                obj.insert("secretData".into(), serde_json::json!("<redacted>"));
+            }
+        }
+        v
+    };
+    let mut out = Vec::new();
+    let lines = ferry_engine::export_run(engine.store(), run, &mut out, &redact).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(lines as usize, text.lines().count());
+    assert!(!text.contains("hunter2"));
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(first["seq"], 0);
+    assert_eq!(first["event"]["RunSubmitted"]["spec"]["name"], "exported");
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["event"], "RunSucceeded");
+}
