@@ -10,6 +10,7 @@ use rand::Rng;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::clock::Clock;
@@ -109,6 +110,9 @@ struct Inner {
     global: Arc<Semaphore>,
     runs: Mutex<HashMap<RunId, ActiveRun>>,
     actors: Mutex<Vec<JoinHandle<()>>>,
+    /// Every step task, so that `abort` can wait until they are all dropped
+    /// (they hold store handles).
+    step_tasks: TaskTracker,
     shutdown: CancellationToken,
 }
 
@@ -131,6 +135,7 @@ impl Engine {
                 global,
                 runs: Mutex::new(HashMap::new()),
                 actors: Mutex::new(Vec::new()),
+                step_tasks: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
             }),
         }
@@ -347,6 +352,9 @@ impl Engine {
         for h in handles {
             let _ = h.await;
         }
+        // The aborted actors dropped their step tasks; wait until those are gone too.
+        self.inner.step_tasks.close();
+        self.inner.step_tasks.wait().await;
     }
 }
 
@@ -648,7 +656,7 @@ impl RunActor {
         let grace = self.inner.opts.drain_grace;
         let span = info_span!("step", step.name = %id, step.attempt = attempt);
         let step_id = id.clone();
-        let handle = self.tasks.spawn(
+        let handle = self.tasks.spawn(self.inner.step_tasks.track_future(
             async move {
                 let _permit = permit;
                 let run = step.run_json(&ctx, &input);
@@ -675,7 +683,7 @@ impl RunActor {
                 Finished { step: step_id, attempt, result, extension, warnings, timed_out_by_deadline }
             }
             .instrument(span),
-        );
+        ));
         self.task_ids.insert(handle.id(), (id.clone(), attempt));
         self.running.insert(id, RunningStep { attempt, cancel });
         Ok(())
