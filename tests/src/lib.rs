@@ -120,6 +120,8 @@ pub struct WorkInput {
     pub warn: Option<String>,
     /// Crash point name to hit inside the run (see ferry_engine::failpoint).
     pub failpoint: Option<String>,
+    /// Offer this many checkpoints 1 ms apart, leaving the rate limit to the engine.
+    pub rapid_checkpoints: u32,
 }
 
 /// The output of a [`Work`] step.
@@ -194,6 +196,10 @@ impl Work {
             if let Some(point) = &input.failpoint {
                 ferry_engine::failpoint(&format!("{point}.checkpoint"));
             }
+        }
+        for i in 0..input.rapid_checkpoints {
+            ctx.save_checkpoint(&(i + 1), false).await?;
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         if input.sleep_ms > 0 {
             tokio::select! {

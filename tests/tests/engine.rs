@@ -461,3 +461,16 @@ async fn export_is_json_lines_with_payloads_redacted() {
     let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
     assert_eq!(last["event"], "RunSucceeded");
 }
+
+#[tokio::test(start_paused = true)]
+async fn checkpoints_are_rate_limited() {
+    let env = Env::new();
+    let mut opts = fast_options();
+    opts.checkpoint_interval = Duration::from_millis(50);
+    let engine = env.engine(opts);
+    let run = engine.submit(submission("rapid", vec![work("copy", input(|i| i.rapid_checkpoints = 500))])).await.unwrap();
+    assert_eq!(engine.wait(run).await.unwrap(), Phase::Succeeded);
+    let progress = events(&engine, run).iter().filter(|e| matches!(e, Event::StepProgress { .. })).count();
+    // 500 offers over at least 500 ms at one per 50 ms: at most 11 recorded.
+    assert!((1..=11).contains(&progress), "{progress} checkpoints recorded");
+}
