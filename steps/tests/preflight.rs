@@ -1,0 +1,554 @@
+//! Preflight: each refusal alone, several together, warnings, copy paths.
+
+mod common;
+
+use common::*;
+use ferry_steps::capabilities::{
+    AccessMode, Capability, CapabilityRule, CapabilityTable, DriverMatch,
+};
+use ferry_steps::inventory::Inventory;
+use ferry_steps::object;
+use ferry_steps::preflight::{
+    CopyPath, DestinationFacts, PreflightConfig, PreflightReport, Rule, WarningKind, preflight,
+};
+use ferry_steps::spec::{CloneSpec, StorageClassMapping};
+use serde_json::{Value, json};
+
+fn pvc(name: &str, class: &str, modes: &[&str]) -> Value {
+    json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}"), "resourceVersion": "7"},
+        "spec": {"accessModes": modes, "storageClassName": class, "resources": {"requests": {"storage": "2Gi"}}},
+        "status": {"phase": "Bound"}})
+}
+
+fn run(
+    spec: &CloneSpec,
+    extra: Vec<Value>,
+    dest: &DestinationFacts,
+    config: &PreflightConfig,
+) -> PreflightReport {
+    let mut objs = source_objects();
+    objs.extend(extra);
+    let inv = Inventory::build(spec, objs).unwrap();
+    preflight(spec, &inv, dest, config)
+}
+
+fn rules(r: &PreflightReport) -> Vec<Rule> {
+    r.refusals.iter().map(|x| x.rule).collect()
+}
+
+fn path_of(r: &PreflightReport, pvc: &str) -> Option<CopyPath> {
+    r.volumes.iter().find(|v| v.pvc == pvc).unwrap().path
+}
+
+fn map_class(spec: &mut CloneSpec, src: &str, dst: &str) {
+    spec.storage_classes.retain(|m| m.source != src);
+    spec.storage_classes.push(StorageClassMapping {
+        source: src.into(),
+        destination: dst.into(),
+    });
+}
+
+#[test]
+fn the_in_cluster_clone_passes_with_both_volumes_in_place() {
+    let r = run(&in_cluster_spec(), vec![], &same_cluster_facts(), &config());
+    assert_eq!(r.refusals, vec![], "{:#?}", r.refusals);
+    assert_eq!(r.warnings, vec![], "{:#?}", r.warnings);
+    assert_eq!(path_of(&r, "data-db-0"), Some(CopyPath::SnapshotInPlace));
+    assert_eq!(path_of(&r, "uploads"), Some(CopyPath::SnapshotInPlace));
+    let db = r.volumes.iter().find(|v| v.pvc == "data-db-0").unwrap();
+    assert_eq!(db.snapshot_class.as_deref(), Some("hostpath-snap"));
+    assert_eq!(
+        (db.source_class.as_deref(), db.destination_class.as_deref()),
+        (Some("fast"), Some("fast-retain"))
+    );
+    assert_eq!(db.destination_namespace, "shop-copy");
+    assert_eq!(r.bucket, None, "no volume needs the mover");
+}
+
+#[test]
+fn refuses_an_existing_destination_namespace() {
+    let mut dest = same_cluster_facts();
+    dest.namespaces.insert("shop-copy".into());
+    let r = run(&in_cluster_spec(), vec![], &dest, &config());
+    assert_eq!(rules(&r), vec![Rule::DestinationNamespaceExists]);
+    let x = &r.refusals[0];
+    assert_eq!(x.object, "Namespace shop-copy");
+    assert!(
+        x.message.contains("already exists on cluster kind-prod"),
+        "{x}"
+    );
+    assert!(x.fix.contains("--namespace shop:shop-copy-2"), "{x}");
+}
+
+#[test]
+fn refuses_a_missing_storage_class() {
+    let mut spec = in_cluster_spec();
+    map_class(&mut spec, "fast", "platinum");
+    let r = run(&spec, vec![], &same_cluster_facts(), &config());
+    assert_eq!(rules(&r), vec![Rule::StorageClassMissing]);
+    let x = &r.refusals[0];
+    assert_eq!(x.object, "StorageClass platinum");
+    assert!(
+        x.message
+            .contains("PersistentVolumeClaim shop/data-db-0 needs storage class platinum (mapped)"),
+        "{x}"
+    );
+    assert!(
+        x.fix.contains("--storage-class fast=CLASS") && x.fix.contains("fast-retain"),
+        "{x}"
+    );
+}
+
+#[test]
+fn refuses_an_access_mode_the_class_does_not_offer() {
+    // A class of the same driver that the config says is RWO only.
+    let mut dest = same_cluster_facts();
+    dest.storage_classes.insert(
+        "nfs-rwo".into(),
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "nfs-rwo"},
+               "provisioner": "nfs.csi.k8s.io", "parameters": {"tier": "single"}}),
+    );
+    let config = PreflightConfig {
+        capabilities: CapabilityTable::with_overrides(vec![CapabilityRule {
+            driver: DriverMatch::provisioner("nfs.csi.k8s.io").param("tier", "single"),
+            capability: Capability {
+                filesystem: [AccessMode::ReadWriteOnce].into(),
+                block: Default::default(),
+                snapshot: true,
+                clone: false,
+            },
+        }])
+        .unwrap(),
+        ..config()
+    };
+    let mut spec = in_cluster_spec();
+    map_class(&mut spec, "shared", "nfs-rwo");
+    let r = run(&spec, vec![], &dest, &config);
+    assert_eq!(
+        rules(&r),
+        vec![Rule::AccessModeNotOffered],
+        "{:#?}",
+        r.refusals
+    );
+    let x = &r.refusals[0];
+    assert_eq!(x.object, "PersistentVolumeClaim shop/uploads");
+    assert!(
+        x.message.contains("RWX") && x.message.contains("offers only RWO"),
+        "{x}"
+    );
+}
+
+#[test]
+fn refuses_a_kept_non_clonable_driver() {
+    let r = run(
+        &in_cluster_spec(),
+        vec![pvc("archive", "eco", &["ReadWriteMany"])],
+        &same_cluster_facts(),
+        &config(),
+    );
+    assert_eq!(rules(&r), vec![Rule::NonClonableDriverKept]);
+    let x = &r.refusals[0];
+    assert_eq!(x.object, "PersistentVolumeClaim shop/archive");
+    assert!(
+        x.message
+            .contains("csi.trident.netapp.io/ontap-nas-economy"),
+        "{x}"
+    );
+    assert!(x.fix.contains("--storage-class eco=CLASS"), "{x}");
+}
+
+#[test]
+fn refuses_a_volume_with_no_copy_path() {
+    let r = run(
+        &in_cluster_spec(),
+        vec![pvc("scratch", "efs", &["ReadWriteOnce"])],
+        &same_cluster_facts(),
+        &config(),
+    );
+    assert_eq!(rules(&r), vec![Rule::NoCopyPath]);
+    let x = &r.refusals[0];
+    assert!(
+        x.message.contains("driver efs.csi.aws.com cannot snapshot"),
+        "{x}"
+    );
+    assert!(x.fix.contains("--allow-live-copy"), "{x}");
+}
+
+#[test]
+fn refuses_the_mover_without_a_bucket() {
+    let config = PreflightConfig {
+        mover_available: true,
+        default_bucket: None,
+        ..config()
+    };
+    let r = run(
+        &in_cluster_spec(),
+        vec![pvc("shared-files", "efs", &["ReadWriteMany"])],
+        &same_cluster_facts(),
+        &config,
+    );
+    assert_eq!(rules(&r), vec![Rule::NoBucket]);
+    assert!(r.refusals[0].message.contains("shop/shared-files"));
+    assert!(r.refusals[0].fix.contains("--bucket"));
+}
+
+#[test]
+fn refuses_an_unknown_bucket() {
+    let mut spec = in_cluster_spec();
+    spec.bucket = Some("nope".into());
+    let r = run(&spec, vec![], &same_cluster_facts(), &config());
+    assert_eq!(rules(&r), vec![Rule::UnknownBucket]);
+    assert!(r.refusals[0].fix.contains("backups"));
+}
+
+#[test]
+fn refuses_a_clone_that_needs_the_missing_mover() {
+    let r = run(&cross_cluster_spec(), vec![], &staging_facts(), &config());
+    assert_eq!(
+        rules(&r),
+        vec![Rule::MoverUnavailable, Rule::MoverUnavailable],
+        "{:#?}",
+        r.refusals
+    );
+    for x in &r.refusals {
+        assert!(
+            x.message.contains("snapshot, via the mover")
+                && x.message.contains("never clones with empty volumes"),
+            "{x}"
+        );
+    }
+    // With the mover, the same clone passes through the bucket.
+    let r = run(
+        &cross_cluster_spec(),
+        vec![],
+        &staging_facts(),
+        &PreflightConfig {
+            mover_available: true,
+            ..config()
+        },
+    );
+    assert_eq!(r.refusals, vec![]);
+    assert_eq!(path_of(&r, "data-db-0"), Some(CopyPath::SnapshotViaMover));
+    assert_eq!(r.bucket.as_deref(), Some("backups"));
+}
+
+#[test]
+fn refuses_an_included_ingress_class_that_exists_on_the_destination() {
+    let mut spec = in_cluster_spec();
+    spec.exclude.clear();
+    let r = run(&spec, vec![], &same_cluster_facts(), &config());
+    assert_eq!(rules(&r), vec![Rule::ClusterObjectExists]);
+    let x = &r.refusals[0];
+    assert_eq!(x.object, "IngressClass.networking.k8s.io nginx");
+    assert!(x.fix.contains("--exclude kind=IngressClass"), "{x}");
+}
+
+#[test]
+fn refuses_an_included_webhook_configuration_that_exists_on_the_destination() {
+    let hook = json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": "widget-validator"},
+        "webhooks": [{"name": "v.example.com", "clientConfig": {"service": {"namespace": "shop", "name": "widget-webhook"}}}]});
+    let mut objs = source_cluster();
+    objs.push(hook.clone());
+    let dest = DestinationFacts::from_objects("kind-prod", objs);
+    let r = run(&in_cluster_spec(), vec![hook], &dest, &config());
+    assert_eq!(rules(&r), vec![Rule::ClusterObjectExists]);
+    assert_eq!(
+        r.refusals[0].object,
+        "ValidatingWebhookConfiguration.admissionregistration.k8s.io widget-validator"
+    );
+}
+
+#[test]
+fn refuses_missing_dependencies_not_carried() {
+    let mut spec = in_cluster_spec();
+    spec.exclude
+        .push(serde_json::from_value(json!({"kind": "CustomResourceDefinition"})).unwrap());
+    spec.exclude
+        .push(serde_json::from_value(json!({"kind": "ClusterRole"})).unwrap());
+    // A destination without the CRD, the IngressClass or the ClusterRole.
+    let dest = DestinationFacts::from_objects(
+        "kind-prod",
+        source_cluster().into_iter().filter(|o| {
+            !matches!(
+                object::kind(o),
+                "CustomResourceDefinition" | "IngressClass" | "ClusterRole"
+            )
+        }),
+    );
+    let r = run(&spec, vec![], &dest, &config());
+    assert_eq!(
+        rules(&r),
+        vec![Rule::MissingDependency; 3],
+        "{:#?}",
+        r.refusals
+    );
+    let objects: Vec<&str> = r.refusals.iter().map(|x| x.object.as_str()).collect();
+    assert_eq!(
+        objects,
+        vec![
+            "CustomResourceDefinition widgets.example.com",
+            "Ingress.networking.k8s.io shop/web",
+            "RoleBinding.rbac.authorization.k8s.io shop/web-metrics",
+        ]
+    );
+    assert!(
+        r.refusals[0]
+            .message
+            .contains("Widget.example.com of the app (Widget.example.com shop/main)"),
+        "{}",
+        r.refusals[0]
+    );
+}
+
+#[test]
+fn several_refusals_are_all_reported_at_once() {
+    let mut spec = in_cluster_spec();
+    spec.exclude.clear();
+    map_class(&mut spec, "fast", "platinum");
+    map_class(&mut spec, "shared", "gp3");
+    spec.bucket = Some("nope".into());
+    let mut dest = same_cluster_facts();
+    dest.namespaces.insert("shop-copy".into());
+    let r = run(
+        &spec,
+        vec![
+            pvc("archive", "eco", &["ReadWriteMany"]),
+            pvc("scratch", "efs", &["ReadWriteOnce"]),
+        ],
+        &dest,
+        &config(),
+    );
+    let got: Vec<(Rule, &str)> = r
+        .refusals
+        .iter()
+        .map(|x| (x.rule, x.object.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (Rule::DestinationNamespaceExists, "Namespace shop-copy"),
+            (Rule::StorageClassMissing, "StorageClass platinum"),
+            (
+                Rule::AccessModeNotOffered,
+                "PersistentVolumeClaim shop/uploads"
+            ),
+            (
+                Rule::NonClonableDriverKept,
+                "PersistentVolumeClaim shop/archive"
+            ),
+            (Rule::NoCopyPath, "PersistentVolumeClaim shop/scratch"),
+            (Rule::UnknownBucket, "bucket nope"),
+            (Rule::MoverUnavailable, "PersistentVolumeClaim shop/uploads"),
+            (
+                Rule::ClusterObjectExists,
+                "IngressClass.networking.k8s.io nginx"
+            ),
+        ],
+        "{:#?}",
+        r.refusals
+    );
+    for x in &r.refusals {
+        assert!(
+            !x.object.is_empty() && !x.message.is_empty() && !x.fix.is_empty(),
+            "{x}"
+        );
+        let line = x.to_string();
+        assert!(
+            line.contains(&format!("[rule {}]", x.rule)) && line.contains("fix: "),
+            "{line}"
+        );
+    }
+    assert!(r.is_refused());
+}
+
+#[test]
+fn warns_about_in_cluster_hazards() {
+    let mut spec = in_cluster_spec();
+    spec.suspend_cronjobs = false;
+    spec.rewrite_service_dns = false;
+    spec.transforms.clear();
+    let r = run(&spec, vec![], &same_cluster_facts(), &config());
+    assert_eq!(r.refusals, vec![]);
+    let w: Vec<(WarningKind, &str)> = r
+        .warnings
+        .iter()
+        .map(|w| (w.kind, w.object.as_str()))
+        .collect();
+    assert_eq!(
+        w,
+        vec![
+            (
+                WarningKind::DuplicateIngressHost,
+                "Ingress.networking.k8s.io shop/web"
+            ),
+            (WarningKind::CronJobFiresTwice, "CronJob.batch shop/report"),
+            (
+                WarningKind::SourceServiceReference,
+                "ConfigMap shop/web-config"
+            ),
+            (
+                WarningKind::SourceServiceReference,
+                "CronJob.batch shop/report"
+            ),
+            (
+                WarningKind::SourceServiceReference,
+                "Deployment.apps shop/web"
+            ),
+            (
+                WarningKind::SourceServiceReference,
+                "Deployment.apps shop/web"
+            ),
+        ],
+        "{:#?}",
+        r.warnings
+    );
+    assert!(r.warnings[0].message.contains("shop.example.com"));
+    assert!(r.warnings[1].fix.contains("--suspend-cronjobs"));
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.message.contains("/data/DATABASE_URL holds db.shop.svc"))
+    );
+    assert!(r.warnings[2].fix.contains("--rewrite-service-dns"));
+}
+
+#[test]
+fn chooses_the_live_path_for_drivers_that_cannot_snapshot() {
+    let cfg = PreflightConfig {
+        mover_available: true,
+        ..config()
+    };
+    let mut spec = in_cluster_spec();
+    // RWX on a driver without snapshots: live. RWO too, when allowed.
+    let r = run(
+        &spec,
+        vec![pvc("shared-files", "efs", &["ReadWriteMany"])],
+        &same_cluster_facts(),
+        &cfg,
+    );
+    assert_eq!(path_of(&r, "shared-files"), Some(CopyPath::LiveViaMover));
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.kind == WarningKind::LiveCopy && w.object.ends_with("shared-files"))
+    );
+    spec.allow_live_copy = true;
+    let r = run(
+        &spec,
+        vec![pvc("scratch", "efs", &["ReadWriteOnce"])],
+        &same_cluster_facts(),
+        &cfg,
+    );
+    assert_eq!(path_of(&r, "scratch"), Some(CopyPath::LiveViaMover));
+    assert_eq!(r.refusals, vec![]);
+    // ontap-nas-economy mapped to another class: allowed, live.
+    map_class(&mut spec, "eco", "shared");
+    let r = run(
+        &spec,
+        vec![pvc("archive", "eco", &["ReadWriteMany"])],
+        &same_cluster_facts(),
+        &cfg,
+    );
+    assert_eq!(path_of(&r, "archive"), Some(CopyPath::LiveViaMover));
+    assert_eq!(r.refusals, vec![]);
+}
+
+#[test]
+fn chooses_snapshot_via_mover_for_another_driver_in_the_same_cluster() {
+    let cfg = PreflightConfig {
+        mover_available: true,
+        ..config()
+    };
+    let mut spec = in_cluster_spec();
+    map_class(&mut spec, "fast", "gp3");
+    let r = run(&spec, vec![], &same_cluster_facts(), &cfg);
+    assert_eq!(r.refusals, vec![]);
+    assert_eq!(path_of(&r, "data-db-0"), Some(CopyPath::SnapshotViaMover));
+    assert_eq!(path_of(&r, "uploads"), Some(CopyPath::SnapshotInPlace));
+}
+
+#[test]
+fn unknown_provisioners_are_warned_about_not_refused() {
+    let mut dest = same_cluster_facts();
+    dest.storage_classes.insert(
+        "mystery".into(),
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "mystery"}, "provisioner": "mystery.example.com"}),
+    );
+    let mut spec = in_cluster_spec();
+    map_class(&mut spec, "fast", "mystery");
+    let r = run(
+        &spec,
+        vec![],
+        &dest,
+        &PreflightConfig {
+            mover_available: true,
+            ..config()
+        },
+    );
+    assert_eq!(r.refusals, vec![]);
+    assert!(r.warnings.iter().any(|w| w.kind == WarningKind::UnknownCapability && w.object == "StorageClass mystery"));
+}
+
+#[test]
+fn a_hook_that_matches_nothing_is_warned_about() {
+    let mut spec = in_cluster_spec();
+    spec.hooks[1].namespace = Some("^shop$".into());
+    let r = run(&spec, vec![], &same_cluster_facts(), &config());
+    assert_eq!(
+        r.warnings
+            .iter()
+            .map(|w| (w.kind, w.object.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(WarningKind::HookMatchesNothing, "hook warm")],
+        "post hooks match the destination namespace"
+    );
+}
+
+#[test]
+fn refuses_a_source_namespace_that_does_not_exist() {
+    let mut spec = in_cluster_spec();
+    spec.namespaces.push(
+        serde_json::from_value(json!({"source": "shpo", "destination": "shpo-copy"})).unwrap(),
+    );
+    let r = run(&spec, vec![], &same_cluster_facts(), &config());
+    assert_eq!(rules(&r), vec![Rule::SourceNamespaceMissing]);
+    assert_eq!(r.refusals[0].object, "Namespace shpo");
+    assert!(
+        r.refusals[0]
+            .message
+            .contains("does not exist on cluster kind-prod")
+    );
+}
+
+#[test]
+fn config_from_settings_checks_the_default_bucket_and_expressions() {
+    let ok = PreflightConfig::from_settings(
+        vec![],
+        None,
+        ["b".to_owned()].into(),
+        Some("b".into()),
+        false,
+    )
+    .unwrap();
+    assert_eq!(ok.non_clonable.len(), 1);
+    let err = PreflightConfig::from_settings(
+        vec![],
+        None,
+        ["b".to_owned()].into(),
+        Some("c".into()),
+        false,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("default_bucket: c is not among the configured buckets"),
+        "{err}"
+    );
+    let bad = DriverMatch::provisioner("x").param("k", "(");
+    assert!(
+        PreflightConfig::from_settings(vec![], Some(vec![bad]), Default::default(), None, false)
+            .is_err()
+    );
+}
