@@ -61,3 +61,5 @@ pub use plan::Plan;
 pub use preflight::{CopyPath, DestinationFacts, PreflightConfig, PreflightReport};
 pub use spec::CloneSpec;
 pub use transform::TransformContext;
+pub mod cluster;
+pub mod workflow;

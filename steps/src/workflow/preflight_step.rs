@@ -1,0 +1,194 @@
+//! Step `preflight`: inventory the source, check every rule against the
+//! destination, store the bundle, extend the plan.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ferry_engine::{CompensateCtx, Refusal, Step, StepCtx, StepDecl, StepError};
+use serde_json::Value;
+
+use super::{Bundle, CloneEnv, PreflightOutput, decl};
+use crate::cluster::Cluster;
+use crate::plan::StepKind;
+use crate::prepare::{Prepared, prepare};
+use crate::preflight::DestinationFacts;
+use crate::spec::CloneSpec;
+use crate::transform::{TransformContext, transform_inventory};
+
+/// Cluster-scoped kinds read on both sides: the app's dependencies, storage,
+/// and what the destination must (not) already have.
+const CLUSTER_KINDS: &[(&str, &str)] = &[
+    ("v1", "Namespace"),
+    ("v1", "PersistentVolume"),
+    ("storage.k8s.io/v1", "StorageClass"),
+    ("snapshot.storage.k8s.io/v1", "VolumeSnapshotClass"),
+    ("apiextensions.k8s.io/v1", "CustomResourceDefinition"),
+    ("networking.k8s.io/v1", "IngressClass"),
+    ("admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration"),
+    ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration"),
+    ("rbac.authorization.k8s.io/v1", "ClusterRole"),
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"),
+];
+
+/// Reads both clusters and checks every rule: what preflight and the
+/// dry-run share. Writes nothing anywhere. Returns the prepared clone and
+/// every refusal (the rules', and what this build cannot carry yet).
+pub(super) async fn gather(env: &CloneEnv, spec: &CloneSpec) -> Result<(Prepared, Vec<Refusal>), StepError> {
+        let source = env.clusters.get(&spec.source_context).await?;
+        let destination = env.clusters.get(&spec.destination_context).await?;
+
+        let mut objects = list_cluster_scoped(&source).await?;
+        for m in &spec.namespaces {
+            if source.get("v1", "Namespace", None, &m.source).await?.is_some() {
+                objects.extend(source.list_namespace(&m.source).await?);
+            }
+        }
+        let facts = DestinationFacts::from_objects(&spec.destination_context, list_cluster_scoped(&destination).await?);
+        let prepared = prepare(spec, objects, &facts, &env.preflight)
+            .map_err(|e| StepError::permanent(format!("preflight: {e}")))?;
+
+        let mut refusals: Vec<Refusal> = prepared
+            .report
+            .refusals
+            .iter()
+            .map(|r| Refusal { object: r.object.clone(), rule: format!("{}: {}", r.rule, r.message), fix: r.fix.clone() })
+            .collect();
+        // What this build cannot carry yet is refused, not run half-way.
+        for v in &prepared.report.volumes {
+            refusals.push(Refusal {
+                object: format!("PersistentVolumeClaim {}/{}", v.source_namespace, v.pvc),
+                rule: "volume data cannot be copied by this build of ferry (snapshot and data-mover steps are not built yet)".into(),
+                fix: "exclude PersistentVolumeClaims (and the workloads that mount them) from this clone, or use a ferry build with volume support".into(),
+            });
+        }
+        for h in &spec.hooks {
+            refusals.push(Refusal {
+                object: format!("hook {}", h.name),
+                rule: "execution hooks are not supported by this build of ferry".into(),
+                fix: "remove the hooks from the clone".into(),
+            });
+        }
+
+    Ok((prepared, refusals))
+}
+
+/// Inventories the source and checks the rules; refuses the run, naming
+/// every reason at once, before anything is written on either cluster.
+///
+/// # Guarantees
+/// Reads only, on both clusters. Its one write is the encrypted bundle blob
+/// in ferry's own state dir.
+///
+/// # Assumptions
+/// Idempotent: a re-run reads again and stores the same bundle again.
+/// `compensate` has nothing to undo on a cluster.
+///
+/// # Errors
+/// Refused for any broken rule; retryable for cluster trouble.
+pub struct PreflightStep {
+    pub(super) env: Arc<CloneEnv>,
+}
+
+async fn list_cluster_scoped(cluster: &Cluster) -> Result<Vec<Value>, StepError> {
+    let mut out = Vec::new();
+    for (api_version, kind) in CLUSTER_KINDS {
+        out.extend(cluster.list_kind(api_version, kind, None).await?);
+    }
+    Ok(out)
+}
+
+impl Step for PreflightStep {
+    type Input = Value;
+    type Output = PreflightOutput;
+
+    fn kind(&self) -> &'static str {
+        "preflight"
+    }
+
+    async fn run(&self, ctx: &StepCtx, _input: Value) -> Result<PreflightOutput, StepError> {
+        let spec: CloneSpec = ctx.spec()?;
+        if let Err(e) = spec.validate() {
+            return Err(StepError::permanent(format!("invalid spec: {e}")));
+        }
+        let (prepared, refusals) = gather(&self.env, &spec).await?;
+        if !refusals.is_empty() {
+            return Err(StepError::refused(refusals));
+        }
+
+        let tctx = TransformContext::new(&spec, &ctx.run_id().to_string(), &ctx.short())
+            .map_err(|e| StepError::permanent(format!("transforms: {e}")))?;
+        let transformed = transform_inventory(&tctx, &prepared.inventory).map_err(|e| StepError::permanent(format!("transforms: {e}")))?;
+        let mut kinds = BTreeMap::new();
+        for o in &transformed.objects {
+            *kinds.entry(o["kind"].as_str().unwrap_or("?").to_owned()).or_insert(0) += 1;
+        }
+        // Batches by kind, in dependency order; concurrent within a batch.
+        let key = |o: &Value| {
+            crate::object::ObjectRef {
+                group: crate::object::group(o).to_owned(),
+                kind: o["kind"].as_str().unwrap_or("").to_owned(),
+                namespace: o.pointer("/metadata/namespace").and_then(Value::as_str).map(str::to_owned),
+                name: o.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_owned(),
+            }
+        };
+        let mut by_ref: BTreeMap<crate::object::ObjectRef, Value> =
+            transformed.objects.iter().map(|o| (key(o), o.clone())).collect();
+        let mut batches: Vec<Vec<Value>> = Vec::new();
+        for batch in crate::plan::apply_order(transformed.objects.iter()) {
+            let objs: Vec<Value> = batch.objects.iter().filter_map(|r| by_ref.remove(r)).collect();
+            if !objs.is_empty() {
+                batches.push(objs);
+            }
+        }
+        // Anything the ordering left out goes last, never silently dropped.
+        if !by_ref.is_empty() {
+            batches.push(by_ref.into_values().collect());
+        }
+        let bundle = Bundle { namespaces: transformed.namespaces.clone(), dependencies: transformed.dependencies.clone(), batches };
+        let bytes = serde_json::to_vec(&bundle).map_err(|e| StepError::permanent(format!("bundle: {e}")))?;
+        let blob = ctx
+            .store()
+            .put_blob(ctx.run_id(), &bytes, true)
+            .map_err(|e| StepError::retryable(format!("cannot store the bundle: {e}")))?;
+
+        // The rest of the plan, as only preflight can name it.
+        let mut steps: Vec<StepDecl> = Vec::new();
+        for s in prepared.plan.steps.iter().filter(|s| s.kind != StepKind::Preflight) {
+            let kind = match s.kind {
+                StepKind::Namespaces => "namespaces",
+                StepKind::Apply => "apply",
+                StepKind::Health => "health",
+                StepKind::Cleanup => "cleanup",
+                // Refused above: no volume or hook step reaches here.
+                other => return Err(StepError::permanent(format!("step kind {other:?} is not built"))),
+            };
+            let deps: Vec<&str> = s.depends_on.iter().map(String::as_str).collect();
+            let mut d = decl(&s.id, kind, &deps);
+            d.critical = s.critical;
+            if s.kind == StepKind::Health {
+                d.deadline_ms = Some(spec.health_deadline_seconds.saturating_mul(1000));
+                d.attempt_timeout_ms = None;
+                d.max_attempts = 20;
+            }
+            steps.push(d);
+        }
+        ctx.extend_plan(steps, Vec::new());
+
+        Ok(PreflightOutput {
+            bundle: blob,
+            namespaces: bundle.namespaces.iter().filter_map(|n| n.pointer("/metadata/name").and_then(Value::as_str).map(str::to_owned)).collect(),
+            kinds,
+            dependencies: bundle
+                .dependencies
+                .iter()
+                .map(|d| format!("{} {}", d["kind"].as_str().unwrap_or("?"), d.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("?")))
+                .collect(),
+            warnings: prepared.report.warnings.iter().map(|w| format!("{}: {} ({})", w.object, w.message, w.fix)).collect(),
+        })
+    }
+
+    async fn compensate(&self, _ctx: &CompensateCtx, _input: Value, _output: Option<PreflightOutput>) -> Result<(), StepError> {
+        // Nothing on any cluster; the bundle blob goes with the run's retention.
+        Ok(())
+    }
+}
