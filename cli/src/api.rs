@@ -29,6 +29,9 @@ use ferry_store::{Envelope, RunId, RunSummary, hex};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use ferry_steps::spec::CloneSpec;
+use ferry_steps::workflow::CloneWorkflow;
+
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::redact::redact;
@@ -68,18 +71,18 @@ pub struct AppState {
     sources: Mutex<HashMap<RunId, Arc<Vec<String>>>>,
     /// Fires at shutdown: ends `follow` streams so connections can drain.
     pub shutdown: CancellationToken,
-    /// The daemon's configuration (buckets, limits) for the submit handler.
-    #[expect(
-        dead_code,
-        reason = "read by the submit handler, which lands with ferry-steps"
-    )]
+    /// The daemon's configuration.
+    #[expect(dead_code, reason = "kept for handlers that read buckets and limits (gc)")]
     pub config: Arc<Config>,
+    /// The clone workflow: submissions and dry runs.
+    pub workflow: CloneWorkflow,
 }
 
 impl AppState {
     /// The state of a daemon serving `engine`.
     pub fn new(
         engine: Engine,
+        workflow: CloneWorkflow,
         tokens: Tokens,
         metrics: Arc<Metrics>,
         config: Arc<Config>,
@@ -93,6 +96,7 @@ impl AppState {
             sources: Mutex::default(),
             shutdown,
             config,
+            workflow,
         }
     }
 }
@@ -105,8 +109,7 @@ pub fn router(state: Shared) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi_json))
-        // Submit plugs in here: `get(list_clones).post(submit_clone)`.
-        .route("/v1/clones", get(list_clones))
+        .route("/v1/clones", get(list_clones).post(submit_clone))
         .route("/v1/clones/{name}", get(get_clone).delete(delete_clone))
         .route("/v1/clones/{name}/events", get(clone_events))
         .route("/v1/clones/{name}/cancel", post(cancel_clone))
@@ -624,6 +627,70 @@ async fn clone_events(
     Ok((content_type, Body::from_stream(stream)).into_response())
 }
 
+/// `POST /v1/clones[?dryRun=true]`: the clone spec as JSON. A dry run
+/// answers the plan and every refusal and writes nothing; otherwise the
+/// clone is recorded and started (201), and runs to its end in the daemon.
+async fn submit_clone(
+    State(state): State<Shared>,
+    axum::Extension(who): axum::Extension<Principal>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> ApiResult {
+    let q = query(raw, &["dryRun"])?;
+    let dry_run = match q.get("dryRun").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") | Some("") => true,
+        Some(other) => return Err(ApiError::bad_request("dryRun", format!("{other:?} is not true or false"))),
+    };
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("body", format!("the body is not JSON: {e}")))?;
+    let spec: CloneSpec = serde_json::from_value(value.clone())
+        .map_err(|e| ApiError::bad_request("spec", format!("not a clone spec: {e}")))?;
+    let problems = spec.problems();
+    if let Some(first) = problems.first() {
+        let all: Vec<String> = problems.iter().map(|p| format!("{}: {} ({})", p.field, p.problem, p.fix)).collect();
+        return Err(ApiError::bad_request(&first.field, all.join("; ")));
+    }
+    if !who.unrestricted() && !who.may_access(&source_namespaces(&value)) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("token {:?} may not clone from namespaces {:?}; ask an admin for access to them", who.name, source_namespaces(&value)),
+        ));
+    }
+    for (field, context) in [("sourceContext", &spec.source_context), ("destinationContext", &spec.destination_context)] {
+        if !state.workflow.clusters().has_context(context) {
+            return Err(ApiError::bad_request(
+                field,
+                format!("context {context:?} is not in the daemon's kubeconfig (known: {}); start the daemon with --kubeconfig or KUBECONFIG naming it", state.workflow.clusters().contexts().join(", ")),
+            ));
+        }
+    }
+    if dry_run {
+        let answer = state
+            .workflow
+            .dry_run(&spec)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("cannot read the clusters: {e}")))?;
+        let body = json!({"name": spec.name, "dryRun": true, "refused": !answer.refusals.is_empty(),
+            "plan": answer.plan, "refusals": answer.refusals, "text": answer.render_text()});
+        return Ok((StatusCode::OK, axum::Json(body)).into_response());
+    }
+    let submission = CloneWorkflow::submission(&spec).map_err(|e| ApiError::bad_request("spec", e.to_string()))?;
+    match state.engine.submit(submission).await {
+        Ok(run) => {
+            state.track_run(run, 0);
+            let body = json!({"name": spec.name, "run": run.to_string(), "phase": "Running",
+                "message": format!("clone {} started; `ferry describe clone {}` shows its progress", spec.name, spec.name)});
+            Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+        }
+        Err(ferry_engine::Error::Store(ferry_store::Error::NameTaken { name, .. })) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("a clone named {name:?} is already on record; choose another name or `ferry delete clone {name}` once it has finished"),
+        )),
+        Err(e) => Err(ApiError::internal(e)),
+    }
+}
+
 async fn cancel_clone(
     State(state): State<Shared>,
     axum::Extension(who): axum::Extension<Principal>,
@@ -773,7 +840,12 @@ pub fn openapi() -> Value {
                 "responses": map(vec![("200", json!({"description": "Metrics.", "content": {"text/plain": {"schema": {"type": "string"}}}})), ("401", err("No or unknown bearer token (TCP only)."))])}},
             "/v1/openapi.json": {"get": {"operationId": "openapi", "summary": "This document.",
                 "responses": map(vec![("200", json!({"description": "The OpenAPI document.", "content": {"application/json": {"schema": {"type": "object"}}}})), ("401", err("No or unknown bearer token (TCP only)."))])}},
-            "/v1/clones": {"get": {"operationId": "listClones", "summary": "Clones on record, oldest first; a member sees only clones from its namespaces.",
+            "/v1/clones": {"post": {"operationId": "submitClone", "summary": "Submits a clone (the spec as JSON); with dryRun=true answers the plan, warnings and refusals and writes nothing.",
+                "parameters": [{"name": "dryRun", "in": "query", "required": false, "description": "Answer the plan; write nothing.", "schema": {"type": "boolean"}}],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CloneSpec"}}}},
+                "responses": common(map(vec![("200", ok("The dry run: plan, warnings, refusals.", "DryRun")), ("201", ok("Recorded and started.", "Submitted")),
+                    ("403", err("The token may not clone from these namespaces.")), ("409", err("A clone of that name is on record.")), ("502", err("The clusters could not be read (dry run)."))]))},
+                "get": {"operationId": "listClones", "summary": "Clones on record, oldest first; a member sees only clones from its namespaces.",
                 "parameters": [
                     {"name": "phase", "in": "query", "required": false, "description": "Only clones in this phase.", "schema": {"type": "string", "enum": PHASES}},
                     {"name": "name", "in": "query", "required": false, "description": "Only clones whose name contains this.", "schema": {"type": "string"}}
@@ -798,6 +870,16 @@ pub fn openapi() -> Value {
             "schemas": {
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["status", "reason", "message"], "properties": {
                     "status": {"type": "integer"}, "reason": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}}}}},
+                "CloneSpec": {"type": "object", "required": ["name", "sourceContext", "destinationContext", "namespaces"], "properties": {
+                    "name": {"type": "string"}, "sourceContext": {"type": "string"}, "destinationContext": {"type": "string"},
+                    "namespaces": {"type": "array", "items": {"type": "object", "required": ["source"], "properties": {"source": {"type": "string"}, "destination": {"type": "string"}}}},
+                    "storageClasses": {"type": "array", "items": {"type": "object"}}, "include": {"type": "array", "items": {"type": "object"}},
+                    "exclude": {"type": "array", "items": {"type": "object"}}, "bucket": {"type": "string"}, "allowLiveCopy": {"type": "boolean"},
+                    "suspendCronjobs": {"type": "boolean"}, "rewriteServiceDns": {"type": "boolean"}, "hooks": {"type": "array", "items": {"type": "object"}},
+                    "transforms": {"type": "array", "items": {"type": "object"}}, "healthDeadlineSeconds": {"type": "integer"}}},
+                "DryRun": {"type": "object", "properties": {"name": {"type": "string"}, "dryRun": {"type": "boolean"}, "refused": {"type": "boolean"},
+                    "plan": {"type": "object"}, "refusals": {"type": "array", "items": {"type": "object"}}, "text": {"type": "string"}}},
+                "Submitted": {"type": "object", "properties": {"name": {"type": "string"}, "run": {"type": "string"}, "phase": {"type": "string"}, "message": {"type": "string"}}},
                 "Health": {"type": "object", "properties": {"status": {"type": "string"}, "clones": {"type": "integer"}, "notResumable": {"type": "integer"}, "message": {"type": "string"}}},
                 "CloneSummary": {"type": "object", "required": ["name", "run", "phase", "terminal", "events"], "properties": {
                     "name": {"type": "string"}, "run": {"type": "string", "format": "uuid"}, "shortId": {"type": "string"},

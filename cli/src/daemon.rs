@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use ferry_engine::{Engine, EngineOptions, Registry};
+use ferry_steps::workflow::CloneWorkflow;
 use ferry_store::{Key32, Store, StoreOptions};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -48,13 +49,17 @@ pub struct Options {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for TLS.
     pub tls_key: Option<PathBuf>,
+    /// Kubeconfig files (else KUBECONFIG, else ~/.kube/config).
+    pub kubeconfig: Vec<PathBuf>,
 }
 
-/// The step types this daemon can drive. Empty until the clone workflow
-/// (ferry-steps) lands: register its steps here, and only here, so that
-/// recovery, submit and the engine agree on one registry.
-pub fn registry(_config: &Config) -> Registry {
-    Registry::new()
+/// The step types this daemon can drive: the clone workflow's. Registered
+/// here and only here, so that recovery, submit and the engine agree on one
+/// registry.
+pub fn registry(workflow: &CloneWorkflow) -> Registry {
+    let mut registry = Registry::new();
+    workflow.register(&mut registry);
+    registry
 }
 
 /// Where key files go when the config names none: `keys/` next to the config
@@ -153,7 +158,8 @@ pub async fn run(opts: Options) -> anyhow::Result<ExitCode> {
         ..defaults
     };
     let config = Arc::new(config);
-    let engine = Engine::new(store.clone(), registry(&config), engine_opts);
+    let workflow = crate::workflow::clone_workflow(&config, &crate::workflow::kubeconfig_paths(&opts.kubeconfig))?;
+    let engine = Engine::new(store.clone(), registry(&workflow), engine_opts);
     let metrics = Arc::new(Metrics::default());
     let stop = CancellationToken::new();
     let (resumed, failed) = engine.recover().await.context("recovery")?;
@@ -183,6 +189,7 @@ pub async fn run(opts: Options) -> anyhow::Result<ExitCode> {
     metrics.set_not_resumable(not_resumable.len());
     let state = Arc::new(AppState::new(
         engine.clone(),
+        workflow,
         tokens,
         metrics,
         config.clone(),

@@ -14,9 +14,8 @@
 //! - `engine_demo.rs`: `ferry engine-demo`, a tour of the durable engine
 //!   (crash, resume, rollback, verify) on a workflow that copies files.
 //!
-//! Submitting clones plugs in at three marked places: a `Clone` variant of
-//! [`Command`], the `/v1/clones` route in `api::router`, and its path item
-//! in `api::openapi`.
+//! - `workflow.rs`: the clone workflow as the daemon runs it (kubeconfig
+//!   contexts; the config turned into preflight settings).
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -35,6 +34,7 @@ mod metrics;
 mod redact;
 mod server;
 mod tokens;
+mod workflow;
 
 use commands::{EventsOutput, Output};
 
@@ -74,8 +74,10 @@ struct Conn {
 enum Command {
     /// Runs the daemon: resumes unfinished clones and serves the API.
     Daemon(DaemonArgs),
-    // `Clone(CloneArgs)` — `ferry clone NAME --from … --to … [--dry-run] [--wait]`
-    // — plugs in here, posting to /v1/clones.
+    /// Clones an application: namespaces, resources and volume data.
+    Clone(Box<CloneArgs>),
+    /// Serves one simulated Kubernetes cluster until killed (tests and demo).
+    Sim(ferry_sim::ServeArgs),
     /// Lists resources.
     Get {
         #[command(subcommand)]
@@ -137,8 +139,141 @@ enum Command {
     },
 }
 
+/// `ferry clone NAME --from CTX --to CTX --namespace SRC[:DST]...`
+#[derive(Args)]
+struct CloneArgs {
+    /// The clone's unique name.
+    name: String,
+    /// Source kubeconfig context.
+    #[arg(long)]
+    from: String,
+    /// Destination kubeconfig context (the same as --from for an in-cluster clone).
+    #[arg(long)]
+    to: String,
+    /// Namespace to clone, SRC or SRC:DST (repeat for several).
+    #[arg(long = "namespace", short = 'n', required = true)]
+    namespaces: Vec<String>,
+    /// Storage class mapping SRC=DST (repeat); unmapped classes are kept.
+    #[arg(long = "storage-class")]
+    storage_classes: Vec<String>,
+    /// The bucket for volume data (default: the config's default bucket).
+    #[arg(long)]
+    bucket: Option<String>,
+    /// Only objects matching: kind=KIND, group=GROUP or selector=LABEL-SELECTOR (repeat).
+    #[arg(long)]
+    include: Vec<String>,
+    /// Leave out objects matching: kind=KIND, group=GROUP or selector=LABEL-SELECTOR (repeat).
+    #[arg(long)]
+    exclude: Vec<String>,
+    /// Allow a live copy of ReadWriteOnce volumes whose driver cannot snapshot.
+    #[arg(long)]
+    allow_live_copy: bool,
+    /// Suspend the cloned CronJobs so they do not fire in both copies.
+    #[arg(long)]
+    suspend_cronjobs: bool,
+    /// Rewrite <svc>.<src-ns>.svc references to the destination namespace.
+    #[arg(long)]
+    rewrite_service_dns: bool,
+    /// Execution hooks: a YAML or JSON list (see the spec's `hooks`).
+    #[arg(long)]
+    hooks: Option<PathBuf>,
+    /// User transforms: a YAML or JSON list (see the spec's `transforms`).
+    #[arg(long)]
+    transforms: Option<PathBuf>,
+    /// How long the destination has to become healthy: 90s, 10m, 1h.
+    #[arg(long)]
+    health_timeout: Option<String>,
+    /// Show the plan, warnings and refusals; write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Follow the clone to its end; the exit code is its outcome.
+    #[arg(long)]
+    wait: bool,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "table")]
+    output: Output,
+}
+
+impl CloneArgs {
+    /// The spec JSON these flags describe (validated by the daemon).
+    fn spec(&self) -> anyhow::Result<serde_json::Value> {
+        use serde_json::json;
+        let namespaces: Vec<_> = self
+            .namespaces
+            .iter()
+            .map(|n| match n.split_once(':') {
+                Some((s, d)) => json!({"source": s, "destination": d}),
+                None => json!({"source": n}),
+            })
+            .collect();
+        let mut classes = Vec::new();
+        for m in &self.storage_classes {
+            let (s, d) = m
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--storage-class {m:?}: write SRC=DST"))?;
+            classes.push(json!({"source": s, "destination": d}));
+        }
+        let filter = |f: &String| -> anyhow::Result<serde_json::Value> {
+            let (k, v) = f
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("filter {f:?}: write kind=KIND, group=GROUP or selector=SELECTOR"))?;
+            Ok(match k {
+                "kind" => json!({"kind": v}),
+                "group" => json!({"group": v}),
+                "selector" | "labels" => json!({"labelSelector": v}),
+                other => anyhow::bail!("filter {f:?}: unknown key {other:?}; use kind, group or selector"),
+            })
+        };
+        let read_list = |p: &PathBuf| -> anyhow::Result<serde_json::Value> {
+            let text = std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+        };
+        let mut spec = json!({
+            "name": self.name,
+            "sourceContext": self.from,
+            "destinationContext": self.to,
+            "namespaces": namespaces,
+            "storageClasses": classes,
+            "include": self.include.iter().map(filter).collect::<anyhow::Result<Vec<_>>>()?,
+            "exclude": self.exclude.iter().map(filter).collect::<anyhow::Result<Vec<_>>>()?,
+            "allowLiveCopy": self.allow_live_copy,
+            "suspendCronjobs": self.suspend_cronjobs,
+            "rewriteServiceDns": self.rewrite_service_dns,
+        });
+        if let Some(b) = &self.bucket {
+            spec["bucket"] = json!(b);
+        }
+        if let Some(h) = &self.hooks {
+            spec["hooks"] = read_list(h)?;
+        }
+        if let Some(t) = &self.transforms {
+            spec["transforms"] = read_list(t)?;
+        }
+        if let Some(d) = &self.health_timeout {
+            spec["healthDeadlineSeconds"] = json!(parse_duration_secs(d)?);
+        }
+        Ok(spec)
+    }
+}
+
+/// Seconds in `90s`, `10m`, `1h` or a bare number of seconds.
+fn parse_duration_secs(d: &str) -> anyhow::Result<u64> {
+    let d = d.trim();
+    let (num, unit) = d.split_at(d.find(|c: char| !c.is_ascii_digit()).unwrap_or(d.len()));
+    let n: u64 = num.parse().map_err(|_| anyhow::anyhow!("--health-timeout {d:?}: write 90s, 10m or 1h"))?;
+    Ok(match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => anyhow::bail!("--health-timeout {d:?}: write 90s, 10m or 1h"),
+    })
+}
+
 #[derive(Args)]
 struct DaemonArgs {
+    /// Kubeconfig file(s) naming the clusters' contexts (default: KUBECONFIG, else ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Vec<PathBuf>,
     /// The state dir: the event store, blobs and (by default) the socket.
     #[arg(long, env = "FERRY_STATE_DIR")]
     state_dir: PathBuf,
@@ -283,8 +418,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 listen: a.listen,
                 tls_cert: a.tls_cert,
                 tls_key: a.tls_key,
+                kubeconfig: a.kubeconfig,
             })
             .await
+        }
+        Command::Clone(a) => match a.spec() {
+            Ok(spec) => commands::clone(&client(&conn)?, &spec, a.dry_run, a.wait, a.output).await,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                Ok(ExitCode::from(commands::exit::USAGE))
+            }
+        },
+        Command::Sim(args) => {
+            ferry_sim::serve_until_killed(args).await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Get {
             what:

@@ -62,7 +62,9 @@ impl Clusters {
                 Some(m) => m.merge(kc).map_err(|e| StepError::permanent(format!("cannot merge kubeconfig {}: {e}", p.display())))?,
             });
         }
-        let kubeconfig = merged.ok_or_else(|| StepError::permanent("no kubeconfig given"))?;
+        // No kubeconfig at all is allowed: every context is then unknown,
+        // and a clone naming one is told so.
+        let kubeconfig = merged.unwrap_or_default();
         Ok(Clusters { kubeconfig, default_retry: true, cache: Mutex::new(HashMap::new()) })
     }
 
@@ -71,6 +73,11 @@ impl Clusters {
     pub fn without_kube_retry(mut self) -> Self {
         self.default_retry = false;
         self
+    }
+
+    /// Whether `context` is in the kubeconfig.
+    pub fn has_context(&self, context: &str) -> bool {
+        self.kubeconfig.contexts.iter().any(|c| c.name == context)
     }
 
     /// The context names known.
@@ -83,7 +90,7 @@ impl Clusters {
         if let Some(c) = self.cache.lock().expect("clusters lock").get(context) {
             return Ok(c.clone());
         }
-        if !self.kubeconfig.contexts.iter().any(|c| c.name == context) {
+        if !self.has_context(context) {
             return Err(StepError::permanent(format!(
                 "context {context} is not in the kubeconfig (known: {}); name a context `kubectl config get-contexts` lists",
                 self.contexts().join(", ")

@@ -56,8 +56,12 @@ pub struct Bundle {
     pub namespaces: Vec<serde_json::Value>,
     /// Cluster-scoped dependencies, created only when absent.
     pub dependencies: Vec<serde_json::Value>,
-    /// Namespaced objects in batches of one kind, in apply order.
+    /// Namespaced objects in batches of one kind, in apply order (PVCs
+    /// excluded: the volume steps make them).
     pub batches: Vec<Vec<serde_json::Value>>,
+    /// The source PVCs, as listed (the volume steps transform them).
+    #[serde(default)]
+    pub source_pvcs: Vec<serde_json::Value>,
 }
 
 /// What preflight records (no Secret data: counts and names only).
@@ -86,6 +90,11 @@ impl CloneWorkflow {
     /// A workflow over `env`.
     pub fn new(env: CloneEnv) -> Self {
         CloneWorkflow { env: Arc::new(env) }
+    }
+
+    /// The clusters this workflow reaches.
+    pub fn clusters(&self) -> &Clusters {
+        &self.env.clusters
     }
 
     /// Registers every clone step type.

@@ -144,7 +144,8 @@ impl Step for PreflightStep {
         if !by_ref.is_empty() {
             batches.push(by_ref.into_values().collect());
         }
-        let bundle = Bundle { namespaces: transformed.namespaces.clone(), dependencies: transformed.dependencies.clone(), batches };
+        let source_pvcs: Vec<Value> = prepared.inventory.pvcs().cloned().collect();
+        let bundle = Bundle { namespaces: transformed.namespaces.clone(), dependencies: transformed.dependencies.clone(), batches, source_pvcs };
         let bytes = serde_json::to_vec(&bundle).map_err(|e| StepError::permanent(format!("bundle: {e}")))?;
         let blob = ctx
             .store()
@@ -160,7 +161,7 @@ impl Step for PreflightStep {
                 StepKind::Health => "health",
                 StepKind::Cleanup => "cleanup",
                 // Refused above: no volume or hook step reaches here.
-                other => return Err(StepError::permanent(format!("step kind {other:?} is not built"))),
+                other => return Err(StepError::permanent(format!("step kind {other:?} ({:?}) is not built", s.path))),
             };
             let deps: Vec<&str> = s.depends_on.iter().map(String::as_str).collect();
             let mut d = decl(&s.id, kind, &deps);
