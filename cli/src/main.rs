@@ -11,6 +11,7 @@
 //! - `metrics.rs`: Prometheus text; `redact.rs`: Secret data removal.
 //! - `client.rs`: HTTP/1.1 to the daemon; `commands.rs`: the client verbs
 //!   and their output.
+//! - `demo.rs`: `ferry demo`, a clone between two simulated clusters.
 //! - `engine_demo.rs`: `ferry engine-demo`, a tour of the durable engine
 //!   (crash, resume, rollback, verify) on a workflow that copies files.
 //!
@@ -29,6 +30,7 @@ mod client;
 mod commands;
 mod config;
 mod daemon;
+mod demo;
 mod engine_demo;
 mod metrics;
 mod redact;
@@ -76,6 +78,12 @@ enum Command {
     Daemon(DaemonArgs),
     /// Clones an application: namespaces, resources and volume data.
     Clone(Box<CloneArgs>),
+    /// Everything on simulated clusters: two clusters, an app, its clone.
+    Demo {
+        /// Keep the state dir, kubeconfigs and bucket here instead of a temp dir.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Serves one simulated Kubernetes cluster until killed (tests and demo).
     Sim(ferry_sim::ServeArgs),
     /// Lists resources.
@@ -429,6 +437,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(commands::exit::USAGE))
             }
         },
+        Command::Demo { dir } => demo::run(dir).await,
         Command::Sim(args) => {
             ferry_sim::serve_until_killed(args).await?;
             Ok(ExitCode::SUCCESS)

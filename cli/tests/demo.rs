@@ -1,0 +1,22 @@
+//! `ferry demo` runs in CI: two simulated clusters, an app, its clone.
+
+use std::process::Command;
+
+#[test]
+fn the_demo_clones_the_app_and_verifies_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["demo", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("clone shop: Succeeded"), "{stdout}");
+    assert!(stdout.contains("verify: hash chain and MAC intact"), "{stdout}");
+    assert!(stdout.contains("1 Cart, 1 ConfigMap"), "{stdout}");
+    assert!(!stdout.contains("aHVudGVyMg=="), "no Secret data: {stdout}");
+    // --dir keeps the durable log and the clusters' files.
+    assert!(dir.path().join("state").is_dir());
+    assert!(dir.path().join("cluster-prod").is_dir());
+}
