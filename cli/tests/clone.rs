@@ -3,45 +3,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 
-use common::{Daemon, Env, FERRY, code, json_of, stderr, stdout};
+use common::{Daemon, Env, Sim, code, json_of, stderr, stdout};
 use ferry_steps::cluster::Clusters;
 use serde_json::Value;
-
-/// A `ferry sim` process, killed when dropped.
-struct Sim {
-    child: Child,
-    kubeconfig: PathBuf,
-}
-
-impl Sim {
-    fn start(root: &Path, name: &str) -> Sim {
-        let kubeconfig = root.join(format!("{name}.kubeconfig"));
-        let mut child = Command::new(FERRY)
-            .args(["sim", "--name", name, "--data-dir"])
-            .arg(root.join(format!("sim-{name}")))
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("ferry sim starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert!(line.starts_with(&format!("ready {name} http://127.0.0.1:")), "{line}");
-        Sim { child, kubeconfig }
-    }
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 const APP: &str = include_str!("../../steps/tests/fixtures/sim/app.yaml");
 

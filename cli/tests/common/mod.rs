@@ -4,7 +4,7 @@
 
 #![allow(dead_code)] // each suite uses part of this
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -12,6 +12,76 @@ use std::time::{Duration, Instant};
 use ferry_engine::{Event, Json, StepDecl, Submission};
 use ferry_tests::{WorkInput, World, fast_options, work};
 use serde_json::{Value, json};
+
+/// A `ferry sim` process, killed when dropped.
+pub struct Sim {
+    pub child: Child,
+    pub kubeconfig: PathBuf,
+    pub url: String,
+}
+
+impl Sim {
+    pub fn start(root: &Path, name: &str) -> Sim {
+        let kubeconfig = root.join(format!("{name}.kubeconfig"));
+        let mut child = Command::new(FERRY)
+            .args(["sim", "--name", name, "--data-dir"])
+            .arg(root.join(format!("sim-{name}")))
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ferry sim starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(line.starts_with(&format!("ready {name} http://127.0.0.1:")), "{line}");
+        let url = line.trim().rsplit(' ').next().unwrap().to_owned();
+        Sim { child, kubeconfig, url }
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Sim {
+    /// The bearer token from the kubeconfig it wrote.
+    pub fn token(&self) -> String {
+        let kc: Value = serde_yaml::from_str(&std::fs::read_to_string(&self.kubeconfig).unwrap()).unwrap();
+        kc["users"][0]["user"]["token"].as_str().unwrap().to_owned()
+    }
+
+    fn request(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        let addr = self.url.trim_start_matches("http://");
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.token(),
+            body.len()
+        )
+        .unwrap();
+        let mut reply = Vec::new();
+        s.read_to_end(&mut reply).unwrap();
+        parse_http(&reply)
+    }
+
+    /// Sets its fault injection (`PUT /sim/v1/faults`).
+    pub fn set_faults(&self, faults: &Value) {
+        let (status, text) = self.request("PUT", "/sim/v1/faults", &faults.to_string());
+        assert!((200..300).contains(&status), "PUT faults: {status} {text}");
+    }
+
+    /// Its counters (`GET /sim/v1/counters`): resourceVersion, creates per object.
+    pub fn counters(&self) -> Value {
+        let (status, text) = self.request("GET", "/sim/v1/counters", "");
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str(&text).unwrap()
+    }
+}
 
 /// The ferry binary under test.
 pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
@@ -147,6 +217,28 @@ impl Daemon {
 
     /// Spawns the daemon without waiting for it.
     pub fn spawn(env: &Env, args: &[&str]) -> Daemon {
+        Daemon::spawn_env(env, args, &[])
+    }
+
+    /// Waits until the socket answers (the daemon exiting early is a failure).
+    pub fn wait_ready(&mut self) {
+        let socket = self.socket.clone();
+        wait_until("the daemon's socket", Duration::from_secs(30), || {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("daemon exited early ({status}): {}", self.stderr_text());
+            }
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        });
+    }
+
+    /// SIGKILL, and reap it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Spawns the daemon with extra environment variables, without waiting.
+    pub fn spawn_env(env: &Env, args: &[&str], vars: &[(&str, &str)]) -> Daemon {
         let n = std::fs::read_dir(env.root())
             .map(|d| d.count())
             .unwrap_or(0);
@@ -161,6 +253,7 @@ impl Daemon {
             .env("RUST_LOG", "info")
             .env("XDG_CONFIG_HOME", env.root().join("xdg"))
             .env_remove("FERRY_SOCKET")
+            .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap())
