@@ -72,7 +72,10 @@ pub struct AppState {
     /// Fires at shutdown: ends `follow` streams so connections can drain.
     pub shutdown: CancellationToken,
     /// The daemon's configuration.
-    #[expect(dead_code, reason = "kept for handlers that read buckets and limits (gc)")]
+    #[expect(
+        dead_code,
+        reason = "kept for handlers that read buckets and limits (gc)"
+    )]
     pub config: Arc<Config>,
     /// The clone workflow: submissions and dry runs.
     pub workflow: CloneWorkflow,
@@ -640,7 +643,12 @@ async fn submit_clone(
     let dry_run = match q.get("dryRun").map(String::as_str) {
         None | Some("false") => false,
         Some("true") | Some("") => true,
-        Some(other) => return Err(ApiError::bad_request("dryRun", format!("{other:?} is not true or false"))),
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "dryRun",
+                format!("{other:?} is not true or false"),
+            ));
+        }
     };
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("body", format!("the body is not JSON: {e}")))?;
@@ -648,34 +656,49 @@ async fn submit_clone(
         .map_err(|e| ApiError::bad_request("spec", format!("not a clone spec: {e}")))?;
     let problems = spec.problems();
     if let Some(first) = problems.first() {
-        let all: Vec<String> = problems.iter().map(|p| format!("{}: {} ({})", p.field, p.problem, p.fix)).collect();
+        let all: Vec<String> = problems
+            .iter()
+            .map(|p| format!("{}: {} ({})", p.field, p.problem, p.fix))
+            .collect();
         return Err(ApiError::bad_request(&first.field, all.join("; ")));
     }
     if !who.unrestricted() && !who.may_access(&source_namespaces(&value)) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            format!("token {:?} may not clone from namespaces {:?}; ask an admin for access to them", who.name, source_namespaces(&value)),
+            format!(
+                "token {:?} may not clone from namespaces {:?}; ask an admin for access to them",
+                who.name,
+                source_namespaces(&value)
+            ),
         ));
     }
-    for (field, context) in [("sourceContext", &spec.source_context), ("destinationContext", &spec.destination_context)] {
+    for (field, context) in [
+        ("sourceContext", &spec.source_context),
+        ("destinationContext", &spec.destination_context),
+    ] {
         if !state.workflow.clusters().has_context(context) {
             return Err(ApiError::bad_request(
                 field,
-                format!("context {context:?} is not in the daemon's kubeconfig (known: {}); start the daemon with --kubeconfig or KUBECONFIG naming it", state.workflow.clusters().contexts().join(", ")),
+                format!(
+                    "context {context:?} is not in the daemon's kubeconfig (known: {}); start the daemon with --kubeconfig or KUBECONFIG naming it",
+                    state.workflow.clusters().contexts().join(", ")
+                ),
             ));
         }
     }
     if dry_run {
-        let answer = state
-            .workflow
-            .dry_run(&spec)
-            .await
-            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("cannot read the clusters: {e}")))?;
+        let answer = state.workflow.dry_run(&spec).await.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                format!("cannot read the clusters: {e}"),
+            )
+        })?;
         let body = json!({"name": spec.name, "dryRun": true, "refused": !answer.refusals.is_empty(),
             "plan": answer.plan, "refusals": answer.refusals, "text": answer.render_text()});
         return Ok((StatusCode::OK, axum::Json(body)).into_response());
     }
-    let submission = CloneWorkflow::submission(&spec).map_err(|e| ApiError::bad_request("spec", e.to_string()))?;
+    let submission = CloneWorkflow::submission(&spec)
+        .map_err(|e| ApiError::bad_request("spec", e.to_string()))?;
     match state.engine.submit(submission).await {
         Ok(run) => {
             state.track_run(run, 0);
@@ -683,10 +706,14 @@ async fn submit_clone(
                 "message": format!("clone {} started; `ferry describe clone {}` shows its progress", spec.name, spec.name)});
             Ok((StatusCode::CREATED, axum::Json(body)).into_response())
         }
-        Err(ferry_engine::Error::Store(ferry_store::Error::NameTaken { name, .. })) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("a clone named {name:?} is already on record; choose another name or `ferry delete clone {name}` once it has finished"),
-        )),
+        Err(ferry_engine::Error::Store(ferry_store::Error::NameTaken { name, .. })) => {
+            Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "a clone named {name:?} is already on record; choose another name or `ferry delete clone {name}` once it has finished"
+                ),
+            ))
+        }
         Err(e) => Err(ApiError::internal(e)),
     }
 }

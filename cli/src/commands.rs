@@ -523,6 +523,40 @@ pub fn timestamp(ms: u64) -> String {
     )
 }
 
+/// `ferry clone …`: submits the spec (or, with `dry_run`, asks for the
+/// plan); with `wait`, follows the clone to its end and exits with its
+/// outcome (0 Healthy, 1 rolled back or failed, 2 Refused).
+pub async fn clone(
+    c: &Client,
+    spec: &Value,
+    dry_run: bool,
+    wait: bool,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    let name = spec["name"].as_str().unwrap_or_default().to_owned();
+    if dry_run {
+        let v = c
+            .json(http::Method::POST, "/v1/clones?dryRun=true", Some(spec))
+            .await?;
+        print(&v, output, |v| s(&v["text"]))?;
+        return Ok(ExitCode::from(if v["refused"].as_bool() == Some(true) {
+            exit::USAGE
+        } else {
+            exit::OK
+        }));
+    }
+    let v = c.json(http::Method::POST, "/v1/clones", Some(spec)).await?;
+    if !wait {
+        print(&v, output, |v| format!("{}\n", s(&v["message"])))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!(
+        "clone {name} started (run {}); following its log:",
+        s(&v["run"])
+    );
+    events(c, &name, EventsOutput::Table, true).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -547,23 +581,4 @@ mod tests {
         assert_eq!(exit_for_phase("Failed"), 1);
         assert_eq!(exit_for_phase("Refused"), 2);
     }
-}
-
-/// `ferry clone …`: submits the spec (or, with `dry_run`, asks for the
-/// plan); with `wait`, follows the clone to its end and exits with its
-/// outcome (0 Healthy, 1 rolled back or failed, 2 Refused).
-pub async fn clone(c: &Client, spec: &Value, dry_run: bool, wait: bool, output: Output) -> anyhow::Result<ExitCode> {
-    let name = spec["name"].as_str().unwrap_or_default().to_owned();
-    if dry_run {
-        let v = c.json(http::Method::POST, "/v1/clones?dryRun=true", Some(spec)).await?;
-        print(&v, output, |v| s(&v["text"]))?;
-        return Ok(ExitCode::from(if v["refused"].as_bool() == Some(true) { exit::USAGE } else { exit::OK }));
-    }
-    let v = c.json(http::Method::POST, "/v1/clones", Some(spec)).await?;
-    if !wait {
-        print(&v, output, |v| format!("{}\n", s(&v["message"])))?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    eprintln!("clone {name} started (run {}); following its log:", s(&v["run"]));
-    events(c, &name, EventsOutput::Table, true).await
 }

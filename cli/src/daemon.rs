@@ -158,7 +158,10 @@ pub async fn run(opts: Options) -> anyhow::Result<ExitCode> {
         ..defaults
     };
     let config = Arc::new(config);
-    let workflow = crate::workflow::clone_workflow(&config, &crate::workflow::kubeconfig_paths(&opts.kubeconfig))?;
+    let workflow = crate::workflow::clone_workflow(
+        &config,
+        &crate::workflow::kubeconfig_paths(&opts.kubeconfig),
+    )?;
     let engine = Engine::new(store.clone(), registry(&workflow), engine_opts);
     let metrics = Arc::new(Metrics::default());
     let stop = CancellationToken::new();

@@ -35,25 +35,44 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         }
         None => tmp.path().to_owned(),
     };
-    let sim = |name: &str| SimOptions { name: name.into(), data_dir: Some(root.join(format!("cluster-{name}"))), ..SimOptions::default() };
+    let sim = |name: &str| SimOptions {
+        name: name.into(),
+        data_dir: Some(root.join(format!("cluster-{name}"))),
+        ..SimOptions::default()
+    };
     let prod = SimCluster::start(sim("prod")).await?;
     let staging = SimCluster::start(sim("staging")).await?;
     println!("ferry demo in {}", root.display());
-    println!("  clusters: prod at {}, staging at {} (simulated Kubernetes API servers)", prod.url(), staging.url());
+    println!(
+        "  clusters: prod at {}, staging at {} (simulated Kubernetes API servers)",
+        prod.url(),
+        staging.url()
+    );
 
-    let kubeconfigs = vec![prod.kubeconfig_path().to_owned(), staging.kubeconfig_path().to_owned()];
+    let kubeconfigs = vec![
+        prod.kubeconfig_path().to_owned(),
+        staging.kubeconfig_path().to_owned(),
+    ];
     let clusters = Clusters::from_paths(&kubeconfigs).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let source = clusters.get("prod").await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let source = clusters
+        .get("prod")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     for yaml in [APP, CART] {
         for doc in serde_yaml::Deserializer::from_str(yaml) {
             let v: Value = serde::Deserialize::deserialize(doc)?;
             if !v.is_null() {
-                source.apply(&v).await.map_err(|e| anyhow::anyhow!("deploying the demo app: {e}"))?;
+                source
+                    .apply(&v)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("deploying the demo app: {e}"))?;
             }
         }
         source.refresh().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    println!("  deployed app `shop` to prod: ConfigMap, Secret, ServiceAccount, Role(Binding), Service, NetworkPolicy, Ingress + IngressClass, CRD + custom resource");
+    println!(
+        "  deployed app `shop` to prod: ConfigMap, Secret, ServiceAccount, Role(Binding), Service, NetworkPolicy, Ingress + IngressClass, CRD + custom resource"
+    );
 
     let bucket = root.join("bucket");
     std::fs::create_dir_all(&bucket)?;
@@ -62,12 +81,15 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         mac_key: Key32::load_or_create(&root.join("keys").join("audit.key"))?,
         blob_key: Some(Key32::load_or_create(&root.join("keys").join("blob.key"))?),
     })?;
-    let mut config = crate::config::Config::default();
-    config.default_bucket = Some("demo".into());
-    config.buckets.insert(
-        "demo".into(),
-        serde_json::from_value(json!({"url": format!("file://{}", bucket.display())}))?,
-    );
+    let config = crate::config::Config {
+        default_bucket: Some("demo".into()),
+        buckets: [(
+            "demo".to_owned(),
+            serde_json::from_value(json!({"url": format!("file://{}", bucket.display())}))?,
+        )]
+        .into(),
+        ..crate::config::Config::default()
+    };
     let workflow = crate::workflow::clone_workflow(&config, &kubeconfigs)?;
     let mut registry = Registry::new();
     workflow.register(&mut registry);
@@ -86,11 +108,27 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let t0 = Instant::now();
     while let Some(env) = feed.next().await? {
         let line = match Event::decode(&env.event)? {
-            Event::StepStarted { step, attempt, .. } => format!("started   {step}{}", if attempt > 1 { format!(" (attempt {attempt})") } else { String::new() }),
+            Event::StepStarted { step, attempt, .. } => format!(
+                "started   {step}{}",
+                if attempt > 1 {
+                    format!(" (attempt {attempt})")
+                } else {
+                    String::new()
+                }
+            ),
             Event::StepSucceeded { step, .. } => format!("done      {step}"),
-            Event::PlanExtended { steps, .. } => format!("plan      +{} steps named by preflight", steps.len()),
+            Event::PlanExtended { steps, .. } => {
+                format!("plan      +{} steps named by preflight", steps.len())
+            }
             Event::StepFailed { step, error, .. } => format!("failed    {step}: {error}"),
-            Event::RunRefused { refusals, .. } => format!("REFUSED   {}", refusals.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; ")),
+            Event::RunRefused { refusals, .. } => format!(
+                "REFUSED   {}",
+                refusals
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
             Event::CompensationStarted { reason } => format!("rollback  {reason}"),
             Event::RunSucceeded | Event::RunSucceededWithWarnings { .. } => "Healthy".to_owned(),
             Event::RunRolledBack | Event::RunFailed { .. } => "ended without a clone".to_owned(),
@@ -101,29 +139,64 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let phase = engine.wait(run).await?;
     let state = engine.load(run)?;
     let report = engine.store().verify(run)?;
-    println!("\nclone shop: {phase} in {:.2} s", t0.elapsed().as_secs_f64());
-    if let Some(out) = state.steps.get(&"preflight".into()).and_then(|s| s.output.as_ref()) {
+    println!(
+        "\nclone shop: {phase} in {:.2} s",
+        t0.elapsed().as_secs_f64()
+    );
+    if let Some(out) = state
+        .steps
+        .get(&"preflight".into())
+        .and_then(|s| s.output.as_ref())
+    {
         let pre: PreflightOutput = out.decode()?;
         let kinds: Vec<String> = pre.kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
         println!("  cloned into staging/shop-copy: {}", kinds.join(", "));
-        println!("  cluster-scoped objects created on staging: {}", pre.dependencies.join(", "));
+        println!(
+            "  cluster-scoped objects created on staging: {}",
+            pre.dependencies.join(", ")
+        );
         for w in &pre.warnings {
             println!("  warning: {w}");
         }
     }
-    println!("  events in the audit log: {}; verify: {}", state.next_seq, if report.ok { "hash chain and MAC intact" } else { "BROKEN" });
-    println!("  volume data: this build clones apps without volumes (snapshot and data-mover steps are being built)");
+    println!(
+        "  events in the audit log: {}; verify: {}",
+        state.next_seq,
+        if report.ok {
+            "hash chain and MAC intact"
+        } else {
+            "BROKEN"
+        }
+    );
+    println!(
+        "  volume data: this build clones apps without volumes (snapshot and data-mover steps are being built)"
+    );
     println!("\ndone in {:.1} s", started.elapsed().as_secs_f64());
     if keep.is_some() {
         println!("\nLook further (the clusters stop with this command; the files stay):");
-        println!("  kubeconfigs: {} {}", prod.kubeconfig_path().display(), staging.kubeconfig_path().display());
-        println!("  ferry sim --name staging --data-dir <dir> --kubeconfig <file>   serves a cluster you can query with kubectl");
-        println!("  state dir (the durable log): {}", root.join("state").display());
+        println!(
+            "  kubeconfigs: {} {}",
+            prod.kubeconfig_path().display(),
+            staging.kubeconfig_path().display()
+        );
+        println!(
+            "  ferry sim --name staging --data-dir <dir> --kubeconfig <file>   serves a cluster you can query with kubectl"
+        );
+        println!(
+            "  state dir (the durable log): {}",
+            root.join("state").display()
+        );
     } else {
-        println!("\nRun `ferry demo --dir DIR` to keep the state dir, kubeconfigs and bucket; `ferry engine-demo` shows a crash and its resume.");
+        println!(
+            "\nRun `ferry demo --dir DIR` to keep the state dir, kubeconfigs and bucket; `ferry engine-demo` shows a crash and its resume."
+        );
     }
     engine.shutdown().await;
     prod.stop().await;
     staging.stop().await;
-    Ok(if phase == Phase::Succeeded { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if phase == Phase::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -222,18 +222,21 @@ impl CloneArgs {
             classes.push(json!({"source": s, "destination": d}));
         }
         let filter = |f: &String| -> anyhow::Result<serde_json::Value> {
-            let (k, v) = f
-                .split_once('=')
-                .ok_or_else(|| anyhow::anyhow!("filter {f:?}: write kind=KIND, group=GROUP or selector=SELECTOR"))?;
+            let (k, v) = f.split_once('=').ok_or_else(|| {
+                anyhow::anyhow!("filter {f:?}: write kind=KIND, group=GROUP or selector=SELECTOR")
+            })?;
             Ok(match k {
                 "kind" => json!({"kind": v}),
                 "group" => json!({"group": v}),
                 "selector" | "labels" => json!({"labelSelector": v}),
-                other => anyhow::bail!("filter {f:?}: unknown key {other:?}; use kind, group or selector"),
+                other => anyhow::bail!(
+                    "filter {f:?}: unknown key {other:?}; use kind, group or selector"
+                ),
             })
         };
         let read_list = |p: &PathBuf| -> anyhow::Result<serde_json::Value> {
-            let text = std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            let text =
+                std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
             serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
         };
         let mut spec = json!({
@@ -268,7 +271,9 @@ impl CloneArgs {
 fn parse_duration_secs(d: &str) -> anyhow::Result<u64> {
     let d = d.trim();
     let (num, unit) = d.split_at(d.find(|c: char| !c.is_ascii_digit()).unwrap_or(d.len()));
-    let n: u64 = num.parse().map_err(|_| anyhow::anyhow!("--health-timeout {d:?}: write 90s, 10m or 1h"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--health-timeout {d:?}: write 90s, 10m or 1h"))?;
     Ok(match unit {
         "" | "s" => n,
         "m" => n * 60,

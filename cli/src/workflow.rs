@@ -20,7 +20,9 @@ pub fn kubeconfig_paths(flags: &[PathBuf]) -> Vec<PathBuf> {
         return flags.to_vec();
     }
     if let Some(list) = std::env::var_os("KUBECONFIG") {
-        let paths: Vec<PathBuf> = std::env::split_paths(&list).filter(|p| !p.as_os_str().is_empty()).collect();
+        let paths: Vec<PathBuf> = std::env::split_paths(&list)
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect();
         if !paths.is_empty() {
             return paths;
         }
@@ -45,7 +47,8 @@ fn driver_match(s: &str) -> anyhow::Result<DriverMatch> {
         let (k, v) = kv
             .split_once('=')
             .with_context(|| format!("non_clonable_drivers: {kv:?} in {s:?} is not KEY=VALUE"))?;
-        m.parameters.insert(k.trim().to_owned(), v.trim().to_owned());
+        m.parameters
+            .insert(k.trim().to_owned(), v.trim().to_owned());
     }
     Ok(m)
 }
@@ -55,14 +58,20 @@ pub fn preflight_config(config: &Config) -> anyhow::Result<PreflightConfig> {
     let builtin = CapabilityTable::builtin();
     let mut rules = Vec::new();
     for (i, o) in config.storage_classes.iter().enumerate() {
-        let driver = DriverMatch { provisioner: o.provisioner.clone(), parameters: o.parameters.clone() };
+        let driver = DriverMatch {
+            provisioner: o.provisioner.clone(),
+            parameters: o.parameters.clone(),
+        };
         // Start from what ferry knows of the driver; the config overrides it.
-        let mut capability: Capability = builtin.lookup(&o.provisioner, &o.parameters).cloned().unwrap_or(Capability {
-            filesystem: Default::default(),
-            block: Default::default(),
-            snapshot: false,
-            clone: false,
-        });
+        let mut capability: Capability = builtin
+            .lookup(&o.provisioner, &o.parameters)
+            .cloned()
+            .unwrap_or(Capability {
+                filesystem: Default::default(),
+                block: Default::default(),
+                snapshot: false,
+                clone: false,
+            });
         if let Some(modes) = &o.access_modes {
             capability.filesystem = modes
                 .iter()
@@ -83,7 +92,13 @@ pub fn preflight_config(config: &Config) -> anyhow::Result<PreflightConfig> {
     let non_clonable = if config.non_clonable_drivers.is_empty() {
         None
     } else {
-        Some(config.non_clonable_drivers.iter().map(|s| driver_match(s)).collect::<anyhow::Result<Vec<_>>>()?)
+        Some(
+            config
+                .non_clonable_drivers
+                .iter()
+                .map(|s| driver_match(s))
+                .collect::<anyhow::Result<Vec<_>>>()?,
+        )
     };
     PreflightConfig::from_settings(
         rules,

@@ -17,7 +17,11 @@ fn rt() -> tokio::runtime::Runtime {
 
 fn seed(kubeconfig: &Path) {
     rt().block_on(async {
-        let c = Clusters::from_paths(&[kubeconfig.to_owned()]).unwrap().get("prod").await.unwrap();
+        let c = Clusters::from_paths(&[kubeconfig.to_owned()])
+            .unwrap()
+            .get("prod")
+            .await
+            .unwrap();
         for doc in serde_yaml::Deserializer::from_str(APP) {
             let v: Value = serde::Deserialize::deserialize(doc).unwrap();
             if !v.is_null() {
@@ -27,9 +31,19 @@ fn seed(kubeconfig: &Path) {
     });
 }
 
-fn get(kubeconfig: &Path, context: &str, kind: (&str, &str), ns: Option<&str>, name: &str) -> Option<Value> {
+fn get(
+    kubeconfig: &Path,
+    context: &str,
+    kind: (&str, &str),
+    ns: Option<&str>,
+    name: &str,
+) -> Option<Value> {
     rt().block_on(async {
-        let c = Clusters::from_paths(&[kubeconfig.to_owned()]).unwrap().get(context).await.unwrap();
+        let c = Clusters::from_paths(&[kubeconfig.to_owned()])
+            .unwrap()
+            .get(context)
+            .await
+            .unwrap();
         c.get(kind.0, kind.1, ns, name).await.unwrap()
     })
 }
@@ -43,10 +57,24 @@ fn clone_dry_run_then_wait_to_healthy_then_refusals_and_bad_specs() {
     seed(&prod.kubeconfig);
     let d = Daemon::start(
         &env,
-        &["--kubeconfig", prod.kubeconfig.to_str().unwrap(), "--kubeconfig", staging.kubeconfig.to_str().unwrap()],
+        &[
+            "--kubeconfig",
+            prod.kubeconfig.to_str().unwrap(),
+            "--kubeconfig",
+            staging.kubeconfig.to_str().unwrap(),
+        ],
     );
     let clone = |extra: &[&str]| {
-        let mut args = vec!["clone", "shop", "--from", "prod", "--to", "staging", "--namespace", "shop:shop-copy"];
+        let mut args = vec![
+            "clone",
+            "shop",
+            "--from",
+            "prod",
+            "--to",
+            "staging",
+            "--namespace",
+            "shop:shop-copy",
+        ];
         args.extend_from_slice(extra);
         d.ferry(&args)
     };
@@ -54,32 +82,77 @@ fn clone_dry_run_then_wait_to_healthy_then_refusals_and_bad_specs() {
     // The dry run shows the plan and writes nothing.
     let dry = clone(&["--dry-run"]);
     assert_eq!(code(&dry), 0, "{}{}", stdout(&dry), stderr(&dry));
-    assert!(stdout(&dry).contains("shop -> shop-copy"), "{}", stdout(&dry));
+    assert!(
+        stdout(&dry).contains("shop -> shop-copy"),
+        "{}",
+        stdout(&dry)
+    );
     assert!(!stdout(&dry).contains("aHVudGVyMg=="), "no Secret data");
-    assert!(get(&staging.kubeconfig, "staging", ("v1", "Namespace"), None, "shop-copy").is_none());
+    assert!(
+        get(
+            &staging.kubeconfig,
+            "staging",
+            ("v1", "Namespace"),
+            None,
+            "shop-copy"
+        )
+        .is_none()
+    );
     let list = json_of(&d.ferry(&["get", "clones", "-o", "json"]));
-    assert_eq!(list["items"].as_array().map(Vec::len).unwrap_or(0), 0, "a dry run leaves no record: {list}");
+    assert_eq!(
+        list["items"].as_array().map(Vec::len).unwrap_or(0),
+        0,
+        "a dry run leaves no record: {list}"
+    );
 
     // The clone, followed to its end.
     let run = clone(&["--wait"]);
     assert_eq!(code(&run), 0, "{}{}", stdout(&run), stderr(&run));
     assert!(stdout(&run).contains("RunSucceeded"), "{}", stdout(&run));
-    let cm = get(&staging.kubeconfig, "staging", ("v1", "ConfigMap"), Some("shop-copy"), "settings").expect("cloned");
+    let cm = get(
+        &staging.kubeconfig,
+        "staging",
+        ("v1", "ConfigMap"),
+        Some("shop-copy"),
+        "settings",
+    )
+    .expect("cloned");
     assert_eq!(cm["data"]["mode"], "production");
     let described = json_of(&d.ferry(&["describe", "clone", "shop", "-o", "json"]));
     assert_eq!(described["phase"], "Succeeded", "{described}");
     assert_eq!(code(&d.ferry(&["verify", "shop"])), 0);
 
     // The same destination again: refused (exit 2), every reason named.
-    let again = d.ferry(&["clone", "again", "--from", "prod", "--to", "staging", "-n", "shop:shop-copy", "--wait"]);
+    let again = d.ferry(&[
+        "clone",
+        "again",
+        "--from",
+        "prod",
+        "--to",
+        "staging",
+        "-n",
+        "shop:shop-copy",
+        "--wait",
+    ]);
     assert_eq!(code(&again), 2, "{}{}", stdout(&again), stderr(&again));
     assert!(stdout(&again).contains("shop-copy"), "{}", stdout(&again));
 
     // Bad specs: exit 2 naming the field; nothing recorded.
-    let bad = d.ferry(&["clone", "Not_A_Name", "--from", "prod", "--to", "staging", "-n", "shop:x"]);
+    let bad = d.ferry(&[
+        "clone",
+        "Not_A_Name",
+        "--from",
+        "prod",
+        "--to",
+        "staging",
+        "-n",
+        "shop:x",
+    ]);
     assert_eq!(code(&bad), 2, "{}", stderr(&bad));
     assert!(stderr(&bad).contains("name"), "{}", stderr(&bad));
-    let nowhere = d.ferry(&["clone", "x", "--from", "nowhere", "--to", "staging", "-n", "shop:x"]);
+    let nowhere = d.ferry(&[
+        "clone", "x", "--from", "nowhere", "--to", "staging", "-n", "shop:x",
+    ]);
     assert_eq!(code(&nowhere), 2, "{}", stderr(&nowhere));
     assert!(stderr(&nowhere).contains("nowhere"), "{}", stderr(&nowhere));
     let names: Vec<String> = json_of(&d.ferry(&["get", "clones", "-o", "json"]))["items"]

@@ -15,7 +15,11 @@ const APP: &str = include_str!("../../steps/tests/fixtures/sim/app.yaml");
 
 fn seed(kubeconfig: &Path) {
     tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let c = Clusters::from_paths(&[kubeconfig.to_owned()]).unwrap().get("prod").await.unwrap();
+        let c = Clusters::from_paths(&[kubeconfig.to_owned()])
+            .unwrap()
+            .get("prod")
+            .await
+            .unwrap();
         for doc in serde_yaml::Deserializer::from_str(APP) {
             let v: Value = serde::Deserialize::deserialize(doc).unwrap();
             if !v.is_null() {
@@ -35,7 +39,12 @@ fn setup() -> (Env, Sim, Sim) {
 }
 
 fn args(prod: &Sim, staging: &Sim) -> Vec<String> {
-    vec!["--kubeconfig".into(), prod.kubeconfig.display().to_string(), "--kubeconfig".into(), staging.kubeconfig.display().to_string()]
+    vec![
+        "--kubeconfig".into(),
+        prod.kubeconfig.display().to_string(),
+        "--kubeconfig".into(),
+        staging.kubeconfig.display().to_string(),
+    ]
 }
 
 fn events_of(d: &Daemon) -> Vec<String> {
@@ -54,7 +63,10 @@ fn events_of(d: &Daemon) -> Vec<String> {
 }
 
 fn phase(d: &Daemon) -> String {
-    json_of(&d.ferry(&["describe", "clone", "shop", "-o", "json"]))["phase"].as_str().unwrap_or("").to_owned()
+    json_of(&d.ferry(&["describe", "clone", "shop", "-o", "json"]))["phase"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
 }
 
 #[test]
@@ -64,31 +76,63 @@ fn sigkill_mid_clone_three_times_then_the_clone_still_becomes_healthy() {
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
     // Each life of the daemon freezes at a later step start, then is killed.
     let mut submitted = false;
-    for point in ["step.start.after@2", "step.start.after@2", "step.start.after@2"] {
+    for point in [
+        "step.start.after@2",
+        "step.start.after@2",
+        "step.start.after@2",
+    ] {
         let mut with_fp = Daemon::spawn_env(&env, &a, &[("FERRY_FAILPOINT", point)]);
         with_fp.wait_ready();
         if !submitted {
-            let out = with_fp.ferry(&["clone", "shop", "--from", "prod", "--to", "staging", "-n", "shop:shop-copy"]);
+            let out = with_fp.ferry(&[
+                "clone",
+                "shop",
+                "--from",
+                "prod",
+                "--to",
+                "staging",
+                "-n",
+                "shop:shop-copy",
+            ]);
             assert_eq!(code(&out), 0, "{}", stdout(&out));
             submitted = true;
         }
-        wait_until("the failpoint", Duration::from_secs(30), || with_fp.stderr_text().contains("FAILPOINT "));
+        wait_until("the failpoint", Duration::from_secs(30), || {
+            with_fp.stderr_text().contains("FAILPOINT ")
+        });
         with_fp.kill();
     }
     let d = Daemon::start(&env, &a);
-    wait_until("the clone to finish", Duration::from_secs(60), || ["Succeeded", "RolledBack", "Failed"].contains(&phase(&d).as_str()));
+    wait_until("the clone to finish", Duration::from_secs(60), || {
+        ["Succeeded", "RolledBack", "Failed"].contains(&phase(&d).as_str())
+    });
     assert_eq!(phase(&d), "Succeeded", "{:?}", events_of(&d));
     let evs = events_of(&d);
-    assert!(evs.iter().filter(|e| *e == "StepInterrupted").count() >= 3, "{evs:?}");
+    assert!(
+        evs.iter().filter(|e| *e == "StepInterrupted").count() >= 3,
+        "{evs:?}"
+    );
     assert!(!evs.contains(&"CompensationStarted".to_owned()));
     assert_eq!(code(&d.ferry(&["verify", "shop"])), 0);
     let table = d.ferry(&["events", "shop", "-o", "table"]);
-    assert!(stdout(&table).contains("StepInterrupted"), "{}", stdout(&table));
+    assert!(
+        stdout(&table).contains("StepInterrupted"),
+        "{}",
+        stdout(&table)
+    );
     // Nothing on the destination was created twice.
     let counters = staging.counters();
     let creates = counters["creates"].as_array().expect("creates");
-    assert!(creates.iter().any(|c| c["kind"] == "ConfigMap" && c["name"] == "settings"), "{counters}");
-    let doubled: Vec<&Value> = creates.iter().filter(|c| c["count"].as_u64() > Some(1)).collect();
+    assert!(
+        creates
+            .iter()
+            .any(|c| c["kind"] == "ConfigMap" && c["name"] == "settings"),
+        "{counters}"
+    );
+    let doubled: Vec<&Value> = creates
+        .iter()
+        .filter(|c| c["count"].as_u64() > Some(1))
+        .collect();
     assert!(doubled.is_empty(), "created twice: {doubled:?}");
 }
 
@@ -100,17 +144,33 @@ fn sigterm_mid_clone_suspends_without_compensation_and_the_clone_resumes() {
     // Slow the destination so the clone is still running when SIGTERM lands.
     staging.set_faults(&json!({"latencyMs": 150}));
     let mut d = Daemon::start(&env, &a);
-    let out = d.ferry(&["clone", "shop", "--from", "prod", "--to", "staging", "-n", "shop:shop-copy"]);
+    let out = d.ferry(&[
+        "clone",
+        "shop",
+        "--from",
+        "prod",
+        "--to",
+        "staging",
+        "-n",
+        "shop:shop-copy",
+    ]);
     assert_eq!(code(&out), 0, "{}", stdout(&out));
-    wait_until("apply to start", Duration::from_secs(30), || events_of(&d).iter().filter(|e| *e == "StepStarted").count() >= 3);
+    wait_until("apply to start", Duration::from_secs(30), || {
+        events_of(&d).iter().filter(|e| *e == "StepStarted").count() >= 3
+    });
     let status = d.signal("TERM", Duration::from_secs(30));
     assert!(status.success(), "graceful exit: {status}");
     staging.set_faults(&json!({}));
     let d = Daemon::start(&env, &a);
-    wait_until("the clone to finish", Duration::from_secs(60), || ["Succeeded", "RolledBack", "Failed"].contains(&phase(&d).as_str()));
+    wait_until("the clone to finish", Duration::from_secs(60), || {
+        ["Succeeded", "RolledBack", "Failed"].contains(&phase(&d).as_str())
+    });
     let evs = events_of(&d);
     assert_eq!(phase(&d), "Succeeded", "{evs:?}");
     assert!(evs.contains(&"StepSuspended".to_owned()), "{evs:?}");
-    assert!(!evs.contains(&"StepInterrupted".to_owned()), "graceful: no interruption: {evs:?}");
+    assert!(
+        !evs.contains(&"StepInterrupted".to_owned()),
+        "graceful: no interruption: {evs:?}"
+    );
     assert!(!evs.contains(&"CompensationStarted".to_owned()), "{evs:?}");
 }

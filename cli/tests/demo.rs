@@ -11,9 +11,16 @@ fn the_demo_clones_the_app_and_verifies_the_log() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("clone shop: Succeeded"), "{stdout}");
-    assert!(stdout.contains("verify: hash chain and MAC intact"), "{stdout}");
+    assert!(
+        stdout.contains("verify: hash chain and MAC intact"),
+        "{stdout}"
+    );
     assert!(stdout.contains("1 Cart, 1 ConfigMap"), "{stdout}");
     assert!(!stdout.contains("aHVudGVyMg=="), "no Secret data: {stdout}");
     // --dir keeps the durable log and the clusters' files.

@@ -28,18 +28,31 @@ fn dir_bytes(p: &Path) -> u64 {
     let mut total = 0;
     for entry in std::fs::read_dir(p).unwrap().flatten() {
         let meta = entry.metadata().unwrap();
-        total += if meta.is_dir() { dir_bytes(&entry.path()) } else { meta.len() };
+        total += if meta.is_dir() {
+            dir_bytes(&entry.path())
+        } else {
+            meta.len()
+        };
     }
     total
 }
 
 /// A typical small event: a step start (about 60 bytes encoded).
 fn typical_event(i: u64) -> Vec<u8> {
-    Event::StepProgress { step: format!("upload/shop/data-db-{}", i % 3).into(), checkpoint: Json(format!(r#"{{"bytes":{},"chunks":{}}}"#, i * 4_194_304, i)) }.encode()
+    Event::StepProgress {
+        step: format!("upload/shop/data-db-{}", i % 3).into(),
+        checkpoint: Json(format!(r#"{{"bytes":{},"chunks":{}}}"#, i * 4_194_304, i)),
+    }
+    .encode()
 }
 
 fn update(name: &str) -> IndexUpdate {
-    IndexUpdate { name: name.into(), phase: "Running".into(), current_step: Some("upload/shop/data-db-0".into()), terminal: false }
+    IndexUpdate {
+        name: name.into(),
+        phase: "Running".into(),
+        current_step: Some("upload/shop/data-db-0".into()),
+        terminal: false,
+    }
 }
 
 fn open_store(dir: &Path) -> Store {
@@ -53,7 +66,11 @@ fn open_store(dir: &Path) -> Store {
 
 fn raw_fdatasync(dir: &Path, n: usize) -> Vec<Duration> {
     let path = dir.join("raw.log");
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
     let record = typical_event(1);
     let mut lat = Vec::with_capacity(n);
     for _ in 0..n {
@@ -88,7 +105,16 @@ async fn single_writer(store: &Store, n: u64) -> Vec<Duration> {
     let mut lat = Vec::with_capacity(n as usize);
     for seq in 0..n {
         let t = Instant::now();
-        store.append(run, seq, seq, vec![typical_event(seq)], update(&format!("single-{}", run.short()))).await.unwrap();
+        store
+            .append(
+                run,
+                seq,
+                seq,
+                vec![typical_event(seq)],
+                update(&format!("single-{}", run.short())),
+            )
+            .await
+            .unwrap();
         lat.push(t.elapsed());
     }
     lat.sort();
@@ -104,7 +130,10 @@ async fn concurrent(store: &Store, runs: usize, per_run: u64) -> f64 {
             let run = RunId::new();
             let name = format!("c{runs}-{r}-{}", run.short());
             for seq in 0..per_run {
-                store.append(run, seq, seq, vec![typical_event(seq)], update(&name)).await.unwrap();
+                store
+                    .append(run, seq, seq, vec![typical_event(seq)], update(&name))
+                    .await
+                    .unwrap();
             }
         }));
     }
@@ -125,7 +154,11 @@ async fn big_log(store: &Store) -> (RunId, u64) {
             kind: "upload".into(),
             version: 1,
             input: Json(format!(r#"{{"pvc":"vol-{i}"}}"#)),
-            deps: if i == 0 { vec![] } else { vec![format!("upload/shop/vol-{}", i - 1).into()] },
+            deps: if i == 0 {
+                vec![]
+            } else {
+                vec![format!("upload/shop/vol-{}", i - 1).into()]
+            },
             critical: true,
             max_attempts: 5,
             attempt_timeout_ms: None,
@@ -133,16 +166,31 @@ async fn big_log(store: &Store) -> (RunId, u64) {
         })
         .collect();
     let mut events = vec![
-        Event::RunSubmitted { name: "big".into(), workflow: "bench".into(), spec: Json("{}".into()) },
+        Event::RunSubmitted {
+            name: "big".into(),
+            workflow: "bench".into(),
+            spec: Json("{}".into()),
+        },
         Event::Planned { steps: decls },
     ];
     for i in 0..steps {
         let step: ferry_engine::StepId = format!("upload/shop/vol-{i}").into();
-        events.push(Event::StepStarted { step: step.clone(), attempt: 1, deadline_ms: None });
+        events.push(Event::StepStarted {
+            step: step.clone(),
+            attempt: 1,
+            deadline_ms: None,
+        });
         for c in 0..3 {
-            events.push(Event::StepProgress { step: step.clone(), checkpoint: Json(format!(r#"{{"bytes":{c}}}"#)) });
+            events.push(Event::StepProgress {
+                step: step.clone(),
+                checkpoint: Json(format!(r#"{{"bytes":{c}}}"#)),
+            });
         }
-        events.push(Event::StepSucceeded { step, output: Json(r#"{"chunks":12}"#.into()), warnings: vec![] });
+        events.push(Event::StepSucceeded {
+            step,
+            output: Json(r#"{"chunks":12}"#.into()),
+            warnings: vec![],
+        });
     }
     // Check the log folds before writing it.
     let mut state = RunState::default();
@@ -152,7 +200,10 @@ async fn big_log(store: &Store) -> (RunId, u64) {
     let mut seq = 0u64;
     for chunk in events.chunks(1000) {
         let encoded: Vec<Vec<u8>> = chunk.iter().map(Event::encode).collect();
-        store.append(run, seq, seq, encoded, update("big")).await.unwrap();
+        store
+            .append(run, seq, seq, encoded, update("big"))
+            .await
+            .unwrap();
         seq += chunk.len() as u64;
     }
     (run, seq)
@@ -165,15 +216,24 @@ fn main() {
 }
 
 async fn bench() {
-    let tmp = tempfile::tempdir_in(std::env::var("FERRY_BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
+    let tmp = tempfile::tempdir_in(std::env::var("FERRY_BENCH_DIR").unwrap_or_else(|_| ".".into()))
+        .unwrap();
     let dir = tmp.path();
     println!("ferry event log benchmark (dir {})", dir.display());
 
     let raw = raw_fdatasync(dir, 2000);
-    println!("raw append+fdatasync: p50 {:.3} ms  p99 {:.3} ms", ms(percentile(&raw, 0.5)), ms(percentile(&raw, 0.99)));
+    println!(
+        "raw append+fdatasync: p50 {:.3} ms  p99 {:.3} ms",
+        ms(percentile(&raw, 0.5)),
+        ms(percentile(&raw, 0.99))
+    );
 
     let floor = sled_floor(dir, 2000);
-    println!("sled floor (insert + flush + fdatasync, no ferry code): p50 {:.3} ms  p99 {:.3} ms", ms(percentile(&floor, 0.5)), ms(percentile(&floor, 0.99)));
+    println!(
+        "sled floor (insert + flush + fdatasync, no ferry code): p50 {:.3} ms  p99 {:.3} ms",
+        ms(percentile(&floor, 0.5)),
+        ms(percentile(&floor, 0.99))
+    );
 
     let store = open_store(dir);
     // The same appends from a current-thread runtime: the difference is the
@@ -181,13 +241,20 @@ async fn bench() {
     let ct = {
         let store = store.clone();
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(single_writer(&store, 2000))
         })
         .join()
         .unwrap()
     };
-    println!("store append (1 writer, current-thread runtime): p50 {:.3} ms  p99 {:.3} ms", ms(percentile(&ct, 0.5)), ms(percentile(&ct, 0.99)));
+    println!(
+        "store append (1 writer, current-thread runtime): p50 {:.3} ms  p99 {:.3} ms",
+        ms(percentile(&ct, 0.5)),
+        ms(percentile(&ct, 0.99))
+    );
     let single = single_writer(&store, 2000).await;
     let single_rate = 2000.0 / single.iter().map(Duration::as_secs_f64).sum::<f64>();
     println!(
@@ -215,10 +282,19 @@ async fn bench() {
     let total_events: u64 = store.list().unwrap().iter().map(|s| s.next_seq).sum();
     drop(store);
     let bytes = dir_bytes(&dir.join("state"));
-    println!("disk: {bytes} bytes for {total_events} events = {:.0} bytes/event", bytes as f64 / total_events as f64);
+    println!(
+        "disk: {bytes} bytes for {total_events} events = {:.0} bytes/event",
+        bytes as f64 / total_events as f64
+    );
 
-    println!("ratio store_p50_vs_sled_floor={:.2}", ms(percentile(&single, 0.5)) / ms(percentile(&floor, 0.5)));
-    println!("ratio store_p50_vs_fdatasync={:.2}", ms(percentile(&single, 0.5)) / ms(percentile(&raw, 0.5)));
+    println!(
+        "ratio store_p50_vs_sled_floor={:.2}",
+        ms(percentile(&single, 0.5)) / ms(percentile(&floor, 0.5))
+    );
+    println!(
+        "ratio store_p50_vs_fdatasync={:.2}",
+        ms(percentile(&single, 0.5)) / ms(percentile(&raw, 0.5))
+    );
     println!("ratio concurrent64_vs_single={:.2}", rates[2] / rates[0]);
     println!("ratio replay_vs_append={:.1}", replay_rate / single_rate);
 }

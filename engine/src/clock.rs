@@ -20,7 +20,10 @@ impl Clock {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        Clock { base_ms, base: Instant::now() }
+        Clock {
+            base_ms,
+            base: Instant::now(),
+        }
     }
 
     /// Unix milliseconds now.

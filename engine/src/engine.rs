@@ -33,7 +33,11 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { initial: Duration::from_millis(500), max: Duration::from_secs(60), multiplier: 2.0 }
+        RetryPolicy {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(60),
+            multiplier: 2.0,
+        }
     }
 }
 
@@ -42,7 +46,9 @@ impl RetryPolicy {
     /// capped, then a uniform jitter in [half, full] so runs that failed
     /// together do not retry together.
     pub fn delay(&self, failed_attempts: u32) -> Duration {
-        let exp = self.multiplier.powi(failed_attempts.saturating_sub(1).min(60) as i32);
+        let exp = self
+            .multiplier
+            .powi(failed_attempts.saturating_sub(1).min(60) as i32);
         let base = self.initial.as_secs_f64() * exp;
         let capped = base.min(self.max.as_secs_f64());
         let jittered = rand::rng().random_range(capped / 2.0..=capped.max(f64::MIN_POSITIVE));
@@ -94,7 +100,10 @@ pub struct Submission {
 }
 
 enum Command {
-    Cancel { reason: String, reply: oneshot::Sender<Result<()>> },
+    Cancel {
+        reason: String,
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 struct ActiveRun {
@@ -177,17 +186,26 @@ impl Engine {
         }
         self.check_decls(&sub.plan).map_err(Error::InvalidPlan)?;
         let run = RunId::new();
-        let events = vec![
-            Event::RunSubmitted { name: sub.name, workflow: sub.workflow, spec: sub.spec },
+        let events = [
+            Event::RunSubmitted {
+                name: sub.name,
+                workflow: sub.workflow,
+                spec: sub.spec,
+            },
             Event::Planned { steps: sub.plan },
         ];
         let mut state = RunState::default();
         let now = self.inner.clock.now_ms();
         for (i, e) in events.iter().enumerate() {
-            state.apply(i as u64, now, e).map_err(|n| Error::InvalidPlan(n.reason))?;
+            state
+                .apply(i as u64, now, e)
+                .map_err(|n| Error::InvalidPlan(n.reason))?;
         }
         let encoded = events.iter().map(Event::encode).collect();
-        self.inner.store.append(run, 0, now, encoded, index_update(&state)).await?;
+        self.inner
+            .store
+            .append(run, 0, now, encoded, index_update(&state))
+            .await?;
         info!(run.id = %run, run.name = %state.name, "run submitted");
         self.spawn_actor(run, state);
         Ok(run)
@@ -219,7 +237,13 @@ impl Engine {
     /// Resumes one run: replays it, marks unfinished attempts interrupted,
     /// and drives it on. Returns false if there was nothing to resume.
     pub async fn resume(&self, run: RunId) -> Result<bool> {
-        if self.inner.runs.lock().expect("runs lock").contains_key(&run) {
+        if self
+            .inner
+            .runs
+            .lock()
+            .expect("runs lock")
+            .contains_key(&run)
+        {
             return Ok(false);
         }
         let mut state = self.load(run)?;
@@ -228,7 +252,11 @@ impl Engine {
         }
         let decls: Vec<StepDecl> = state.steps.values().map(|s| s.decl.clone()).collect();
         self.check_decls(&decls)
-            .map_err(|reason| Error::Nondeterminism { run, seq: state.next_seq, reason })?;
+            .map_err(|reason| Error::Nondeterminism {
+                run,
+                seq: state.next_seq,
+                reason,
+            })?;
         let interrupted: Vec<Event> = state
             .running_steps()
             .into_iter()
@@ -240,10 +268,19 @@ impl Engine {
             for e in &interrupted {
                 warn!(run.id = %run, event = ?e, "step found unfinished at recovery");
                 let seq = state.next_seq;
-                state.apply(seq, now, e).map_err(|n| Error::Nondeterminism { run, seq: n.seq, reason: n.reason })?;
+                state
+                    .apply(seq, now, e)
+                    .map_err(|n| Error::Nondeterminism {
+                        run,
+                        seq: n.seq,
+                        reason: n.reason,
+                    })?;
             }
             let encoded = interrupted.iter().map(Event::encode).collect();
-            self.inner.store.append(run, first, now, encoded, index_update(&state)).await?;
+            self.inner
+                .store
+                .append(run, first, now, encoded, index_update(&state))
+                .await?;
         }
         info!(run.id = %run, run.name = %state.name, phase = %state.phase, "run resumed");
         self.spawn_actor(run, state);
@@ -253,11 +290,13 @@ impl Engine {
     fn spawn_actor(&self, run: RunId, state: RunState) {
         let (cmd_tx, cmd_rx) = mpsc::channel(16);
         let (phase_tx, phase_rx) = watch::channel(state.phase);
-        self.inner
-            .runs
-            .lock()
-            .expect("runs lock")
-            .insert(run, ActiveRun { commands: cmd_tx, phase: phase_rx });
+        self.inner.runs.lock().expect("runs lock").insert(
+            run,
+            ActiveRun {
+                commands: cmd_tx,
+                phase: phase_rx,
+            },
+        );
         let (step_tx, step_rx) = mpsc::channel(64);
         let actor = RunActor {
             inner: self.inner.clone(),
@@ -291,14 +330,29 @@ impl Engine {
     /// Asks a running run to cancel: its steps stop and it compensates.
     /// Refused for a finished run.
     pub async fn cancel(&self, run: RunId, reason: &str) -> Result<()> {
-        let commands = self.inner.runs.lock().expect("runs lock").get(&run).map(|a| a.commands.clone());
+        let commands = self
+            .inner
+            .runs
+            .lock()
+            .expect("runs lock")
+            .get(&run)
+            .map(|a| a.commands.clone());
         match commands {
             Some(tx) => {
                 let (reply, answer) = oneshot::channel();
-                if tx.send(Command::Cancel { reason: reason.to_owned(), reply }).await.is_err() {
+                if tx
+                    .send(Command::Cancel {
+                        reason: reason.to_owned(),
+                        reply,
+                    })
+                    .await
+                    .is_err()
+                {
                     return self.finished_or_inactive(run);
                 }
-                answer.await.unwrap_or_else(|_| self.finished_or_inactive(run))
+                answer
+                    .await
+                    .unwrap_or_else(|_| self.finished_or_inactive(run))
             }
             None => self.finished_or_inactive(run),
         }
@@ -307,14 +361,23 @@ impl Engine {
     fn finished_or_inactive(&self, run: RunId) -> Result<()> {
         match self.inner.store.summary(run)? {
             None => Err(Error::UnknownRun(run)),
-            Some(s) if s.terminal => Err(Error::AlreadyFinished { run, phase: s.phase }),
+            Some(s) if s.terminal => Err(Error::AlreadyFinished {
+                run,
+                phase: s.phase,
+            }),
             Some(_) => Err(Error::NotActive(run)),
         }
     }
 
     /// Waits until the run ends; returns its final phase.
     pub async fn wait(&self, run: RunId) -> Result<Phase> {
-        let rx = self.inner.runs.lock().expect("runs lock").get(&run).map(|a| a.phase.clone());
+        let rx = self
+            .inner
+            .runs
+            .lock()
+            .expect("runs lock")
+            .get(&run)
+            .map(|a| a.phase.clone());
         if let Some(mut rx) = rx {
             loop {
                 let phase = *rx.borrow_and_update();
@@ -327,7 +390,11 @@ impl Engine {
             }
         }
         let state = self.load(run)?;
-        if state.phase.is_terminal() { Ok(state.phase) } else { Err(Error::NotActive(run)) }
+        if state.phase.is_terminal() {
+            Ok(state.phase)
+        } else {
+            Err(Error::NotActive(run))
+        }
     }
 
     /// Graceful shutdown: running steps are asked to stop and recorded as
@@ -375,10 +442,18 @@ pub fn load_state(store: &Store, run: RunId) -> Result<RunState> {
     }
     let mut state = RunState::default();
     for env in &envelopes {
-        let event = Event::decode(&env.event).map_err(|e| Error::Corrupt { run, seq: env.seq, reason: e.to_string() })?;
+        let event = Event::decode(&env.event).map_err(|e| Error::Corrupt {
+            run,
+            seq: env.seq,
+            reason: e.to_string(),
+        })?;
         state
             .apply(env.seq, env.at_ms, &event)
-            .map_err(|n| Error::Nondeterminism { run, seq: n.seq, reason: n.reason })?;
+            .map_err(|n| Error::Nondeterminism {
+                run,
+                seq: n.seq,
+                reason: n.reason,
+            })?;
     }
     Ok(state)
 }
@@ -388,7 +463,7 @@ struct Finished {
     step: StepId,
     attempt: u32,
     result: std::result::Result<Json, StepError>,
-    extension: Option<(Vec<StepDecl>, Vec<(StepId, StepId)>)>,
+    extension: Option<crate::step::PlanExtension>,
     warnings: Vec<String>,
     timed_out_by_deadline: bool,
 }
@@ -423,13 +498,22 @@ impl RunActor {
         let mut next = self.state.clone();
         for e in &events {
             let seq = next.next_seq;
-            next.apply(seq, now, e)
-                .map_err(|n| Error::Nondeterminism { run: self.run, seq: n.seq, reason: n.reason })?;
+            next.apply(seq, now, e).map_err(|n| Error::Nondeterminism {
+                run: self.run,
+                seq: n.seq,
+                reason: n.reason,
+            })?;
         }
         let encoded = events.iter().map(Event::encode).collect();
         self.inner
             .store
-            .append(self.run, self.state.next_seq, now, encoded, index_update(&next))
+            .append(
+                self.run,
+                self.state.next_seq,
+                now,
+                encoded,
+                index_update(&next),
+            )
             .await?;
         for e in &events {
             debug!(event = e.name(), "appended");
@@ -475,16 +559,22 @@ impl RunActor {
                                 self.permits.abort_all();
                                 self.acquiring.clear();
                                 failpoint("compensation.start.before");
-                                self.append(vec![Event::CompensationStarted { reason }]).await?;
+                                self.append(vec![Event::CompensationStarted { reason }])
+                                    .await?;
                                 continue;
                             }
                         } else {
                             self.start_ready();
-                            if self.running.is_empty() && self.acquiring.is_empty() && self.state.all_done() {
+                            if self.running.is_empty()
+                                && self.acquiring.is_empty()
+                                && self.state.all_done()
+                            {
                                 let event = if self.state.warnings.is_empty() {
                                     Event::RunSucceeded
                                 } else {
-                                    Event::RunSucceededWithWarnings { warnings: self.state.warnings.clone() }
+                                    Event::RunSucceededWithWarnings {
+                                        warnings: self.state.warnings.clone(),
+                                    }
                                 };
                                 self.append(vec![event]).await?;
                                 continue;
@@ -505,7 +595,9 @@ impl RunActor {
                                     .steps
                                     .iter()
                                     .filter_map(|(id, s)| match &s.status {
-                                        StepStatus::CompensationFailed { error } => Some(format!("{id}: {error}")),
+                                        StepStatus::CompensationFailed { error } => {
+                                            Some(format!("{id}: {error}"))
+                                        }
                                         _ => None,
                                     })
                                     .collect();
@@ -513,7 +605,11 @@ impl RunActor {
                                     Event::RunRolledBack
                                 } else {
                                     Event::RunFailed {
-                                        reason: self.state.compensation_reason.clone().unwrap_or_default(),
+                                        reason: self
+                                            .state
+                                            .compensation_reason
+                                            .clone()
+                                            .unwrap_or_default(),
                                         left,
                                     }
                                 };
@@ -531,7 +627,12 @@ impl RunActor {
 
     fn start_ready(&mut self) {
         let in_flight = self.running.len() + self.acquiring.len();
-        let room = self.inner.opts.per_run_limit.max(1).saturating_sub(in_flight);
+        let room = self
+            .inner
+            .opts
+            .per_run_limit
+            .max(1)
+            .saturating_sub(in_flight);
         let now = self.inner.clock.now_ms();
         let ready: Vec<StepId> = self
             .state
@@ -544,7 +645,10 @@ impl RunActor {
             self.acquiring.insert(id.clone());
             let sem = self.inner.global.clone();
             self.permits.spawn(async move {
-                let permit = sem.acquire_owned().await.expect("the global semaphore is never closed");
+                let permit = sem
+                    .acquire_owned()
+                    .await
+                    .expect("the global semaphore is never closed");
                 (id, permit)
             });
         }
@@ -608,7 +712,10 @@ impl RunActor {
 
     async fn start(&mut self, id: StepId, permit: OwnedSemaphorePermit) -> Result<()> {
         let now = self.inner.clock.now_ms();
-        if self.stopping || self.stop_reason().is_some() || !self.state.ready_steps(now).contains(&id) {
+        if self.stopping
+            || self.stop_reason().is_some()
+            || !self.state.ready_steps(now).contains(&id)
+        {
             return Ok(());
         }
         let s = &self.state.steps[&id];
@@ -619,12 +726,21 @@ impl RunActor {
             .registry
             .get(&s.decl.kind)
             .cloned()
-            .ok_or_else(|| Error::Nondeterminism { run: self.run, seq: self.state.next_seq, reason: format!("unknown step kind {}", s.decl.kind) })?;
+            .ok_or_else(|| Error::Nondeterminism {
+                run: self.run,
+                seq: self.state.next_seq,
+                reason: format!("unknown step kind {}", s.decl.kind),
+            })?;
         let input = s.decl.input.clone();
         let checkpoint = s.checkpoint.clone();
         let attempt_timeout = s.decl.attempt_timeout_ms;
         failpoint("step.start.before");
-        self.append(vec![Event::StepStarted { step: id.clone(), attempt, deadline_ms }]).await?;
+        self.append(vec![Event::StepStarted {
+            step: id.clone(),
+            attempt,
+            deadline_ms,
+        }])
+        .await?;
         failpoint("step.start.after");
         info!(step.name = %id, step.attempt = attempt, "step started");
 
@@ -656,41 +772,65 @@ impl RunActor {
         let grace = self.inner.opts.drain_grace;
         let span = info_span!("step", step.name = %id, step.attempt = attempt);
         let step_id = id.clone();
-        let handle = self.tasks.spawn(self.inner.step_tasks.track_future(
-            async move {
-                let _permit = permit;
-                let run = step.run_json(&ctx, &input);
-                let bounded = async {
-                    match limit {
-                        Some((ms, by_deadline)) => match tokio::time::timeout(Duration::from_millis(ms), run).await {
-                            Ok(r) => (r, false),
-                            Err(_) if by_deadline => (Err(StepError::permanent(format!("deadline exceeded after {ms} ms"))), true),
-                            Err(_) => (Err(StepError::retryable(format!("attempt timed out after {ms} ms"))), false),
-                        },
-                        None => (run.await, false),
+        let handle = self.tasks.spawn(
+            self.inner.step_tasks.track_future(
+                async move {
+                    let _permit = permit;
+                    let run = step.run_json(&ctx, &input);
+                    let bounded = async {
+                        match limit {
+                            Some((ms, by_deadline)) => {
+                                match tokio::time::timeout(Duration::from_millis(ms), run).await {
+                                    Ok(r) => (r, false),
+                                    Err(_) if by_deadline => (
+                                        Err(StepError::permanent(format!(
+                                            "deadline exceeded after {ms} ms"
+                                        ))),
+                                        true,
+                                    ),
+                                    Err(_) => (
+                                        Err(StepError::retryable(format!(
+                                            "attempt timed out after {ms} ms"
+                                        ))),
+                                        false,
+                                    ),
+                                }
+                            }
+                            None => (run.await, false),
+                        }
+                    };
+                    let drained = async {
+                        ctx.cancel.cancelled().await;
+                        tokio::time::sleep(grace).await;
+                    };
+                    let (result, timed_out_by_deadline) = tokio::select! {
+                        r = bounded => r,
+                        _ = drained => (Err(StepError::cancelled()), false),
+                    };
+                    let extension = ctx.extension.lock().expect("extension lock").take();
+                    let warnings =
+                        std::mem::take(&mut *ctx.warnings.lock().expect("warnings lock"));
+                    Finished {
+                        step: step_id,
+                        attempt,
+                        result,
+                        extension,
+                        warnings,
+                        timed_out_by_deadline,
                     }
-                };
-                let drained = async {
-                    ctx.cancel.cancelled().await;
-                    tokio::time::sleep(grace).await;
-                };
-                let (result, timed_out_by_deadline) = tokio::select! {
-                    r = bounded => r,
-                    _ = drained => (Err(StepError::cancelled()), false),
-                };
-                let extension = ctx.extension.lock().expect("extension lock").take();
-                let warnings = std::mem::take(&mut *ctx.warnings.lock().expect("warnings lock"));
-                Finished { step: step_id, attempt, result, extension, warnings, timed_out_by_deadline }
-            }
-            .instrument(span),
-        ));
+                }
+                .instrument(span),
+            ),
+        );
         self.task_ids.insert(handle.id(), (id.clone(), attempt));
         self.running.insert(id, RunningStep { attempt, cancel });
         Ok(())
     }
 
     async fn finish(&mut self, f: Finished) -> Result<()> {
-        let Some(running) = self.running.remove(&f.step) else { return Ok(()) };
+        let Some(running) = self.running.remove(&f.step) else {
+            return Ok(());
+        };
         debug_assert_eq!(running.attempt, f.attempt);
         let was_cancelled = running.cancel.is_cancelled();
         let step = f.step.clone();
@@ -699,8 +839,15 @@ impl RunActor {
             Ok(output) => {
                 let mut events = Vec::new();
                 if let Some((steps, add_deps)) = f.extension {
-                    let ext = Event::PlanExtended { by: step.clone(), steps, add_deps };
-                    let decls = match &ext { Event::PlanExtended { steps, .. } => steps.clone(), _ => unreachable!() };
+                    let ext = Event::PlanExtended {
+                        by: step.clone(),
+                        steps,
+                        add_deps,
+                    };
+                    let decls = match &ext {
+                        Event::PlanExtended { steps, .. } => steps.clone(),
+                        _ => unreachable!(),
+                    };
                     let mut probe = self.state.clone();
                     let valid = self.check_extension(&decls).and_then(|_| {
                         let seq = probe.next_seq;
@@ -710,12 +857,22 @@ impl RunActor {
                         error!(step.name = %step, %reason, "invalid plan extension");
                         let error = format!("invalid plan extension: {reason}");
                         return self
-                            .append(vec![Event::StepFailed { step, attempt, error, retryable: false, retry_at_ms: None }])
+                            .append(vec![Event::StepFailed {
+                                step,
+                                attempt,
+                                error,
+                                retryable: false,
+                                retry_at_ms: None,
+                            }])
                             .await;
                     }
                     events.push(ext);
                 }
-                events.push(Event::StepSucceeded { step: step.clone(), output, warnings: f.warnings });
+                events.push(Event::StepSucceeded {
+                    step: step.clone(),
+                    output,
+                    warnings: f.warnings,
+                });
                 failpoint("step.succeeded.before");
                 self.append(events).await?;
                 failpoint("step.succeeded.after");
@@ -724,31 +881,52 @@ impl RunActor {
             Err(e) => {
                 let stopping_for_shutdown = self.stopping && self.stop_reason().is_none();
                 let event = match e.kind.clone() {
-                    ErrorKind::Refused(refusals) if self.state.started.iter().all(|s| *s == step) => {
+                    ErrorKind::Refused(refusals)
+                        if self.state.started.iter().all(|s| *s == step) =>
+                    {
                         info!(step.name = %step, n = refusals.len(), "run refused");
-                        Event::RunRefused { by: step.clone(), refusals }
+                        Event::RunRefused {
+                            by: step.clone(),
+                            refusals,
+                        }
                     }
-                    ErrorKind::Cancelled | ErrorKind::Retryable | ErrorKind::Permanent | ErrorKind::Refused(_)
+                    ErrorKind::Cancelled
+                    | ErrorKind::Retryable
+                    | ErrorKind::Permanent
+                    | ErrorKind::Refused(_)
                         if was_cancelled && stopping_for_shutdown && !f.timed_out_by_deadline =>
                     {
-                        Event::StepSuspended { step: step.clone(), attempt }
+                        Event::StepSuspended {
+                            step: step.clone(),
+                            attempt,
+                        }
                     }
                     ErrorKind::Cancelled if was_cancelled => Event::StepFailed {
                         step: step.clone(),
                         attempt,
-                        error: format!("stopped: {}", self.stop_reason().unwrap_or_else(|| "cancelled".into())),
+                        error: format!(
+                            "stopped: {}",
+                            self.stop_reason().unwrap_or_else(|| "cancelled".into())
+                        ),
                         retryable: false,
                         retry_at_ms: None,
                     },
                     kind => {
-                        let retryable = kind == ErrorKind::Retryable || kind == ErrorKind::Cancelled;
+                        let retryable =
+                            kind == ErrorKind::Retryable || kind == ErrorKind::Cancelled;
                         let retry_at_ms = if retryable && self.stop_reason().is_none() {
                             self.retry_at(&step, &e)
                         } else {
                             None
                         };
                         warn!(step.name = %step, step.attempt = attempt, error = %e.message, retryable, "step failed");
-                        Event::StepFailed { step: step.clone(), attempt, error: e.message.clone(), retryable, retry_at_ms }
+                        Event::StepFailed {
+                            step: step.clone(),
+                            attempt,
+                            error: e.message.clone(),
+                            retryable,
+                            retry_at_ms,
+                        }
                     }
                 };
                 self.append(vec![event]).await?;
@@ -761,7 +939,14 @@ impl RunActor {
         for d in decls {
             match self.inner.registry.get(&d.kind) {
                 None => return Err(format!("step {} has unknown kind {}", d.id, d.kind)),
-                Some(s) if s.version() != d.version => return Err(format!("step {} has version {} (binary has {})", d.id, d.version, s.version())),
+                Some(s) if s.version() != d.version => {
+                    return Err(format!(
+                        "step {} has version {} (binary has {})",
+                        d.id,
+                        d.version,
+                        s.version()
+                    ));
+                }
                 Some(_) => {}
             }
         }
@@ -794,7 +979,11 @@ impl RunActor {
             .registry
             .get(&s.decl.kind)
             .cloned()
-            .ok_or_else(|| Error::Nondeterminism { run: self.run, seq: self.state.next_seq, reason: format!("unknown step kind {}", s.decl.kind) })?;
+            .ok_or_else(|| Error::Nondeterminism {
+                run: self.run,
+                seq: self.state.next_seq,
+                reason: format!("unknown step kind {}", s.decl.kind),
+            })?;
         let ctx = CompensateCtx {
             run: self.run,
             step: id.clone(),
@@ -806,10 +995,20 @@ impl RunActor {
         failpoint("compensate.before");
         let work = async {
             match s.decl.attempt_timeout_ms {
-                Some(ms) => tokio::time::timeout(Duration::from_millis(ms), step.compensate_json(&ctx, &s.decl.input, s.output.as_ref()))
-                    .await
-                    .unwrap_or_else(|_| Err(StepError::retryable(format!("compensation timed out after {ms} ms")))),
-                None => step.compensate_json(&ctx, &s.decl.input, s.output.as_ref()).await,
+                Some(ms) => tokio::time::timeout(
+                    Duration::from_millis(ms),
+                    step.compensate_json(&ctx, &s.decl.input, s.output.as_ref()),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    Err(StepError::retryable(format!(
+                        "compensation timed out after {ms} ms"
+                    )))
+                }),
+                None => {
+                    step.compensate_json(&ctx, &s.decl.input, s.output.as_ref())
+                        .await
+                }
             }
         };
         let result = tokio::select! {
@@ -821,7 +1020,8 @@ impl RunActor {
         };
         match result {
             Ok(()) => {
-                self.append(vec![Event::StepCompensated { step: id.clone() }]).await?;
+                self.append(vec![Event::StepCompensated { step: id.clone() }])
+                    .await?;
                 failpoint("compensate.after");
                 info!(step.name = %id, "step compensated");
             }
@@ -829,7 +1029,12 @@ impl RunActor {
                 let tries = s.compensation_failures + 1;
                 let last = !e.is_retryable() || tries >= self.inner.opts.compensation_attempts;
                 warn!(step.name = %id, error = %e.message, last, "compensation failed");
-                self.append(vec![Event::CompensationFailed { step: id, error: e.message.clone(), last }]).await?;
+                self.append(vec![Event::CompensationFailed {
+                    step: id,
+                    error: e.message.clone(),
+                    last,
+                }])
+                .await?;
                 if !last {
                     let delay = self.inner.opts.retry.delay(tries);
                     tokio::select! {

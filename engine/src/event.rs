@@ -302,21 +302,20 @@ impl Event {
     ) -> serde_json::Value {
         let mut v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
         // Payloads are JSON text inside the event: show them as JSON, redacted.
-        fn expand(v: &mut serde_json::Value, redact: &dyn Fn(serde_json::Value) -> serde_json::Value) {
+        fn expand(
+            v: &mut serde_json::Value,
+            redact: &dyn Fn(serde_json::Value) -> serde_json::Value,
+        ) {
             match v {
                 serde_json::Value::Object(map) => {
                     for (k, field) in map.iter_mut() {
-                        let is_payload = matches!(
-                            k.as_str(),
-                            "spec" | "output" | "checkpoint" | "input"
-                        );
-                        if is_payload {
-                            if let serde_json::Value::String(text) = field {
-                                let parsed = serde_json::from_str(text)
-                                    .unwrap_or(serde_json::Value::String(text.clone()));
-                                *field = redact(parsed);
-                                continue;
-                            }
+                        let is_payload =
+                            matches!(k.as_str(), "spec" | "output" | "checkpoint" | "input");
+                        if is_payload && let serde_json::Value::String(text) = field {
+                            let parsed = serde_json::from_str(text)
+                                .unwrap_or(serde_json::Value::String(text.clone()));
+                            *field = redact(parsed);
+                            continue;
                         }
                         expand(field, redact);
                     }

@@ -245,7 +245,10 @@ impl RunState {
             });
         }
         self.apply_inner(at_ms, event)
-            .map_err(|reason| Nondeterminism { seq, reason: format!("{}: {reason}", event.name()) })?;
+            .map_err(|reason| Nondeterminism {
+                seq,
+                reason: format!("{}: {reason}", event.name()),
+            })?;
         if seq == 0 {
             self.created_ms = at_ms;
         }
@@ -256,7 +259,9 @@ impl RunState {
 
     /// The step, or a fold error naming it.
     fn step_mut(&mut self, id: &StepId) -> Fold<&mut StepState> {
-        self.steps.get_mut(id).ok_or_else(|| format!("unknown step {id}"))
+        self.steps
+            .get_mut(id)
+            .ok_or_else(|| format!("unknown step {id}"))
     }
 
     fn require_phase(&self, allowed: &[Phase]) -> Fold {
@@ -275,7 +280,8 @@ impl RunState {
             if decl.max_attempts == 0 {
                 return Err(format!("step {} allows no attempt", decl.id));
             }
-            self.steps.insert(decl.id.clone(), StepState::new(decl.clone()));
+            self.steps
+                .insert(decl.id.clone(), StepState::new(decl.clone()));
             self.plan_order.push(decl.id.clone());
         }
         for decl in decls {
@@ -298,7 +304,11 @@ impl RunState {
                 dependents.entry(dep).or_default().push(id);
             }
         }
-        let mut ready: Vec<&StepId> = indegree.iter().filter(|(_, d)| **d == 0).map(|(id, _)| *id).collect();
+        let mut ready: Vec<&StepId> = indegree
+            .iter()
+            .filter(|(_, d)| **d == 0)
+            .map(|(id, _)| *id)
+            .collect();
         let mut seen = 0;
         while let Some(id) = ready.pop() {
             seen += 1;
@@ -318,16 +328,20 @@ impl RunState {
     }
 
     fn deps_satisfied(&self, id: &StepId) -> bool {
-        self.steps[id]
-            .decl
-            .deps
-            .iter()
-            .all(|d| self.steps.get(d).is_some_and(StepState::satisfies_dependents))
+        self.steps[id].decl.deps.iter().all(|d| {
+            self.steps
+                .get(d)
+                .is_some_and(StepState::satisfies_dependents)
+        })
     }
 
     fn apply_inner(&mut self, at_ms: u64, event: &Event) -> Fold {
         match event {
-            Event::RunSubmitted { name, workflow, spec } => {
+            Event::RunSubmitted {
+                name,
+                workflow,
+                spec,
+            } => {
                 self.require_phase(&[Phase::New])?;
                 self.name = name.clone();
                 self.workflow = workflow.clone();
@@ -341,7 +355,11 @@ impl RunState {
                 }
                 self.add_steps(steps)?;
             }
-            Event::PlanExtended { by, steps, add_deps } => {
+            Event::PlanExtended {
+                by,
+                steps,
+                add_deps,
+            } => {
                 self.require_phase(&[Phase::Running])?;
                 if !matches!(self.step_mut(by)?.status, StepStatus::Running { .. }) {
                     return Err(format!("step {by} extends the plan but is not running"));
@@ -357,7 +375,9 @@ impl RunState {
                     }
                     let s = self.step_mut(existing)?;
                     if s.status != StepStatus::Pending {
-                        return Err(format!("added dependency to step {existing}, which already started"));
+                        return Err(format!(
+                            "added dependency to step {existing}, which already started"
+                        ));
                     }
                     if !s.decl.deps.contains(dep) {
                         s.decl.deps.push(dep.clone());
@@ -365,13 +385,19 @@ impl RunState {
                 }
                 self.check_acyclic()?;
             }
-            Event::StepStarted { step, attempt, deadline_ms } => {
+            Event::StepStarted {
+                step,
+                attempt,
+                deadline_ms,
+            } => {
                 self.require_phase(&[Phase::Running])?;
                 if self.cancel_requested.is_some() {
                     return Err(format!("step {step} started after cancel was requested"));
                 }
                 if !self.deps_satisfied(step) {
-                    return Err(format!("step {step} started before its dependencies finished"));
+                    return Err(format!(
+                        "step {step} started before its dependencies finished"
+                    ));
                 }
                 let order = self.started.len();
                 let s = self.step_mut(step)?;
@@ -411,7 +437,11 @@ impl RunState {
                 }
                 s.checkpoint = Some(checkpoint.clone());
             }
-            Event::StepSucceeded { step, output, warnings } => {
+            Event::StepSucceeded {
+                step,
+                output,
+                warnings,
+            } => {
                 self.require_phase(&[Phase::Running])?;
                 let s = self.step_mut(step)?;
                 if !matches!(s.status, StepStatus::Running { .. }) {
@@ -420,14 +450,25 @@ impl RunState {
                 s.status = StepStatus::Succeeded;
                 s.output = Some(output.clone());
                 s.finished_ms = Some(at_ms);
-                self.warnings.extend(warnings.iter().map(|w| format!("{step}: {w}")));
+                self.warnings
+                    .extend(warnings.iter().map(|w| format!("{step}: {w}")));
             }
-            Event::StepFailed { step, attempt, error, retryable: _, retry_at_ms } => {
+            Event::StepFailed {
+                step,
+                attempt,
+                error,
+                retryable: _,
+                retry_at_ms,
+            } => {
                 self.require_phase(&[Phase::Running])?;
                 let s = self.step_mut(step)?;
                 match s.status {
                     StepStatus::Running { attempt: a } if a == *attempt => {}
-                    _ => return Err(format!("step {step} attempt {attempt} failed but was not running")),
+                    _ => {
+                        return Err(format!(
+                            "step {step} attempt {attempt} failed but was not running"
+                        ));
+                    }
                 }
                 s.attempts += 1;
                 s.last_error = Some(error.clone());
@@ -435,9 +476,15 @@ impl RunState {
                     Some(at) if s.attempts < s.decl.max_attempts => {
                         s.status = StepStatus::Waiting { retry_at_ms: *at };
                     }
-                    Some(_) => return Err(format!("step {step} scheduled a retry beyond its attempt limit")),
+                    Some(_) => {
+                        return Err(format!(
+                            "step {step} scheduled a retry beyond its attempt limit"
+                        ));
+                    }
                     None => {
-                        s.status = StepStatus::Failed { error: error.clone() };
+                        s.status = StepStatus::Failed {
+                            error: error.clone(),
+                        };
                         s.finished_ms = Some(at_ms);
                         if !s.decl.critical {
                             let w = format!("{step} failed: {error}");
@@ -459,7 +506,9 @@ impl RunState {
                 s.last_error = Some(error.clone());
                 let deadline_passed = s.deadline_ms.is_some_and(|d| at_ms >= d);
                 if compensating || s.attempts >= s.decl.max_attempts || deadline_passed {
-                    s.status = StepStatus::Failed { error: error.clone() };
+                    s.status = StepStatus::Failed {
+                        error: error.clone(),
+                    };
                     s.finished_ms = Some(at_ms);
                     if !s.decl.critical && !compensating {
                         self.warnings.push(format!("{step} failed: {error}"));
@@ -489,7 +538,9 @@ impl RunState {
                     return Err("refused with no reason".to_owned());
                 }
                 let s = self.step_mut(by)?;
-                s.status = StepStatus::Failed { error: "refused".to_owned() };
+                s.status = StepStatus::Failed {
+                    error: "refused".to_owned(),
+                };
                 s.finished_ms = Some(at_ms);
                 self.refusals = refusals.clone();
                 self.phase = Phase::Refused;
@@ -508,7 +559,9 @@ impl RunState {
                     .find(|(_, s)| matches!(s.status, StepStatus::Running { .. }))
                     .map(|(id, _)| id)
                 {
-                    return Err(format!("compensation started while step {id} was still running"));
+                    return Err(format!(
+                        "compensation started while step {id} was still running"
+                    ));
                 }
                 self.compensation_reason = Some(reason.clone());
                 self.phase = Phase::Compensating;
@@ -517,7 +570,9 @@ impl RunState {
                 self.require_phase(&[Phase::Compensating])?;
                 let s = self.step_mut(step)?;
                 if !s.needs_compensation() {
-                    return Err(format!("step {step} compensated but never started or already done"));
+                    return Err(format!(
+                        "step {step} compensated but never started or already done"
+                    ));
                 }
                 s.status = StepStatus::Compensated;
             }
@@ -525,12 +580,16 @@ impl RunState {
                 self.require_phase(&[Phase::Compensating])?;
                 let s = self.step_mut(step)?;
                 if !s.needs_compensation() {
-                    return Err(format!("compensation of step {step} failed but it needs none"));
+                    return Err(format!(
+                        "compensation of step {step} failed but it needs none"
+                    ));
                 }
                 s.compensation_failures += 1;
                 s.last_error = Some(error.clone());
                 if *last {
-                    s.status = StepStatus::CompensationFailed { error: error.clone() };
+                    s.status = StepStatus::CompensationFailed {
+                        error: error.clone(),
+                    };
                 }
             }
             Event::RunSucceeded | Event::RunSucceededWithWarnings { .. } => {
@@ -555,7 +614,11 @@ impl RunState {
             }
             Event::RunRolledBack => {
                 self.require_phase(&[Phase::Compensating])?;
-                if let Some((id, s)) = self.steps.iter().find(|(_, s)| s.start_order.is_some() && s.status != StepStatus::Compensated) {
+                if let Some((id, s)) = self
+                    .steps
+                    .iter()
+                    .find(|(_, s)| s.start_order.is_some() && s.status != StepStatus::Compensated)
+                {
                     return Err(format!("rolled back while step {id} is {:?}", s.status));
                 }
                 self.phase = Phase::RolledBack;
@@ -563,7 +626,9 @@ impl RunState {
             Event::RunFailed { reason: _, left } => {
                 self.require_phase(&[Phase::Compensating])?;
                 if let Some((id, _)) = self.steps.iter().find(|(_, s)| s.needs_compensation()) {
-                    return Err(format!("run failed while step {id} still awaits compensation"));
+                    return Err(format!(
+                        "run failed while step {id} still awaits compensation"
+                    ));
                 }
                 self.left = left.clone();
                 self.phase = Phase::Failed;
@@ -595,7 +660,10 @@ impl RunState {
 
     /// Steps ready to start at `now_ms`, in plan order.
     pub fn ready_steps(&self, now_ms: u64) -> Vec<StepId> {
-        if self.phase != Phase::Running || self.cancel_requested.is_some() || self.critical_failure().is_some() {
+        if self.phase != Phase::Running
+            || self.cancel_requested.is_some()
+            || self.critical_failure().is_some()
+        {
             return Vec::new();
         }
         self.plan_order

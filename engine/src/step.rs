@@ -45,20 +45,36 @@ pub struct StepError {
 impl StepError {
     /// A retryable error.
     pub fn retryable(message: impl Into<String>) -> Self {
-        StepError { kind: ErrorKind::Retryable, message: message.into(), retry_after: None }
+        StepError {
+            kind: ErrorKind::Retryable,
+            message: message.into(),
+            retry_after: None,
+        }
     }
     /// A permanent error.
     pub fn permanent(message: impl Into<String>) -> Self {
-        StepError { kind: ErrorKind::Permanent, message: message.into(), retry_after: None }
+        StepError {
+            kind: ErrorKind::Permanent,
+            message: message.into(),
+            retry_after: None,
+        }
     }
     /// The step noticed its cancellation.
     pub fn cancelled() -> Self {
-        StepError { kind: ErrorKind::Cancelled, message: "cancelled".to_owned(), retry_after: None }
+        StepError {
+            kind: ErrorKind::Cancelled,
+            message: "cancelled".to_owned(),
+            retry_after: None,
+        }
     }
     /// The run is refused, for all these reasons at once.
     pub fn refused(refusals: Vec<Refusal>) -> Self {
         let message = format!("refused: {} reason(s)", refusals.len());
-        StepError { kind: ErrorKind::Refused(refusals), message, retry_after: None }
+        StepError {
+            kind: ErrorKind::Refused(refusals),
+            message,
+            retry_after: None,
+        }
     }
     /// Sets a minimum wait before the next attempt.
     pub fn with_retry_after(mut self, wait: Duration) -> Self {
@@ -71,10 +87,17 @@ impl StepError {
     }
 }
 
+/// Steps a running step adds to the plan, and dependencies `(existing, new)`.
+pub(crate) type PlanExtension = (Vec<StepDecl>, Vec<(StepId, StepId)>);
+
 /// Messages from a running step to its run's actor.
 pub(crate) enum StepMsg {
     /// Record a checkpoint; answer once it is durable.
-    Checkpoint { step: StepId, checkpoint: Json, ack: oneshot::Sender<Result<(), String>> },
+    Checkpoint {
+        step: StepId,
+        checkpoint: Json,
+        ack: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 /// What a step may see and do while it runs.
@@ -89,7 +112,7 @@ pub struct StepCtx {
     pub(crate) outputs: Arc<BTreeMap<StepId, Json>>,
     pub(crate) store: Store,
     pub(crate) tx: mpsc::Sender<StepMsg>,
-    pub(crate) extension: Mutex<Option<(Vec<StepDecl>, Vec<(StepId, StepId)>)>>,
+    pub(crate) extension: Mutex<Option<PlanExtension>>,
     pub(crate) warnings: Mutex<Vec<String>>,
     pub(crate) checkpoint_interval: Duration,
     pub(crate) last_checkpoint: Mutex<Option<tokio::time::Instant>>,
@@ -126,7 +149,9 @@ impl StepCtx {
     }
     /// The run's spec.
     pub fn spec<T: DeserializeOwned>(&self) -> Result<T, StepError> {
-        self.spec.decode().map_err(|e| StepError::permanent(format!("spec does not decode: {e}")))
+        self.spec
+            .decode()
+            .map_err(|e| StepError::permanent(format!("spec does not decode: {e}")))
     }
     /// The recorded output of an earlier step.
     pub fn output_of<T: DeserializeOwned>(&self, step: &str) -> Result<T, StepError> {
@@ -134,7 +159,9 @@ impl StepCtx {
             .outputs
             .get(&StepId::from(step))
             .ok_or_else(|| StepError::permanent(format!("no recorded output of step {step}")))?;
-        json.decode().map_err(|e| StepError::permanent(format!("output of step {step} does not decode: {e}")))
+        json.decode().map_err(|e| {
+            StepError::permanent(format!("output of step {step} does not decode: {e}"))
+        })
     }
     /// Ids of every step with a recorded output.
     pub fn finished_steps(&self) -> impl Iterator<Item = &StepId> {
@@ -147,7 +174,11 @@ impl StepCtx {
     /// Records a checkpoint durably, at most once per checkpoint interval:
     /// calls in between return `Ok(false)` without writing. `force` writes
     /// regardless of the interval.
-    pub async fn save_checkpoint<T: Serialize>(&self, value: &T, force: bool) -> Result<bool, StepError> {
+    pub async fn save_checkpoint<T: Serialize>(
+        &self,
+        value: &T,
+        force: bool,
+    ) -> Result<bool, StepError> {
         let now = tokio::time::Instant::now();
         {
             let last = self.last_checkpoint.lock().expect("checkpoint lock");
@@ -155,13 +186,20 @@ impl StepCtx {
                 return Ok(false);
             }
         }
-        let checkpoint = Json::encode(value).map_err(|e| StepError::permanent(format!("checkpoint does not encode: {e}")))?;
+        let checkpoint = Json::encode(value)
+            .map_err(|e| StepError::permanent(format!("checkpoint does not encode: {e}")))?;
         let (ack, done) = oneshot::channel();
         self.tx
-            .send(StepMsg::Checkpoint { step: self.step.clone(), checkpoint, ack })
+            .send(StepMsg::Checkpoint {
+                step: self.step.clone(),
+                checkpoint,
+                ack,
+            })
             .await
             .map_err(|_| StepError::cancelled())?;
-        done.await.map_err(|_| StepError::cancelled())?.map_err(StepError::retryable)?;
+        done.await
+            .map_err(|_| StepError::cancelled())?
+            .map_err(StepError::retryable)?;
         *self.last_checkpoint.lock().expect("checkpoint lock") = Some(now);
         Ok(true)
     }
@@ -172,7 +210,10 @@ impl StepCtx {
     }
     /// Reports a warning: the run will end `SucceededWithWarnings`.
     pub fn warn(&self, message: impl Into<String>) {
-        self.warnings.lock().expect("warnings lock").push(message.into());
+        self.warnings
+            .lock()
+            .expect("warnings lock")
+            .push(message.into());
     }
     /// The store, for blobs.
     pub fn store(&self) -> &Store {
@@ -205,11 +246,15 @@ impl CompensateCtx {
     }
     /// The run's spec.
     pub fn spec<T: DeserializeOwned>(&self) -> Result<T, StepError> {
-        self.spec.decode().map_err(|e| StepError::permanent(format!("spec does not decode: {e}")))
+        self.spec
+            .decode()
+            .map_err(|e| StepError::permanent(format!("spec does not decode: {e}")))
     }
     /// The recorded output of another step, if it finished.
     pub fn output_of<T: DeserializeOwned>(&self, step: &str) -> Option<T> {
-        self.outputs.get(&StepId::from(step)).and_then(|j| j.decode().ok())
+        self.outputs
+            .get(&StepId::from(step))
+            .and_then(|j| j.decode().ok())
     }
     /// The step's last checkpoint, if any.
     pub fn checkpoint<T: DeserializeOwned>(&self) -> Option<T> {
@@ -258,7 +303,11 @@ pub trait Step: Send + Sync + 'static {
     }
 
     /// Performs the step.
-    fn run(&self, ctx: &StepCtx, input: Self::Input) -> impl Future<Output = Result<Self::Output, StepError>> + Send;
+    fn run(
+        &self,
+        ctx: &StepCtx,
+        input: Self::Input,
+    ) -> impl Future<Output = Result<Self::Output, StepError>> + Send;
 
     /// Undoes what the step made (only what carries this run's label).
     fn compensate(
@@ -276,7 +325,11 @@ pub trait DynStep: Send + Sync + 'static {
     /// The step type's version.
     fn version(&self) -> u32;
     /// Runs with JSON input, returns JSON output.
-    fn run_json<'a>(&'a self, ctx: &'a StepCtx, input: &'a Json) -> BoxFuture<'a, Result<Json, StepError>>;
+    fn run_json<'a>(
+        &'a self,
+        ctx: &'a StepCtx,
+        input: &'a Json,
+    ) -> BoxFuture<'a, Result<Json, StepError>>;
     /// Compensates with JSON input and optional output.
     fn compensate_json<'a>(
         &'a self,
@@ -293,13 +346,18 @@ impl<S: Step> DynStep for S {
     fn version(&self) -> u32 {
         Step::version(self)
     }
-    fn run_json<'a>(&'a self, ctx: &'a StepCtx, input: &'a Json) -> BoxFuture<'a, Result<Json, StepError>> {
+    fn run_json<'a>(
+        &'a self,
+        ctx: &'a StepCtx,
+        input: &'a Json,
+    ) -> BoxFuture<'a, Result<Json, StepError>> {
         Box::pin(async move {
-            let input: S::Input = input
-                .decode()
-                .map_err(|e| StepError::permanent(format!("input of step {} does not decode: {e}", ctx.step)))?;
+            let input: S::Input = input.decode().map_err(|e| {
+                StepError::permanent(format!("input of step {} does not decode: {e}", ctx.step))
+            })?;
             let output = self.run(ctx, input).await?;
-            Json::encode(&output).map_err(|e| StepError::permanent(format!("output does not encode: {e}")))
+            Json::encode(&output)
+                .map_err(|e| StepError::permanent(format!("output does not encode: {e}")))
         })
     }
     fn compensate_json<'a>(
@@ -309,9 +367,9 @@ impl<S: Step> DynStep for S {
         output: Option<&'a Json>,
     ) -> BoxFuture<'a, Result<(), StepError>> {
         Box::pin(async move {
-            let input: S::Input = input
-                .decode()
-                .map_err(|e| StepError::permanent(format!("input of step {} does not decode: {e}", ctx.step)))?;
+            let input: S::Input = input.decode().map_err(|e| {
+                StepError::permanent(format!("input of step {} does not decode: {e}", ctx.step))
+            })?;
             // An output that no longer decodes is treated as absent: compensation
             // must work without it.
             let output = output.and_then(|o| o.decode::<S::Output>().ok());

@@ -24,27 +24,77 @@ fn decl(id: &str) -> StepDecl {
 fn every_variant() -> Vec<Event> {
     let step = StepId::from("snapshot/shop/pgdata-db-0");
     vec![
-        Event::RunSubmitted { name: "shop".into(), workflow: "clone".into(), spec: Json(r#"{"from":"prod","to":"staging"}"#.into()) },
-        Event::Planned { steps: vec![decl("preflight"), decl("namespaces").clone()] },
-        Event::PlanExtended { by: "preflight".into(), steps: vec![decl("snapshot/shop/pgdata-db-0")], add_deps: vec![("apply".into(), step.clone())] },
-        Event::StepStarted { step: step.clone(), attempt: 1, deadline_ms: Some(1_763_900_000_000) },
-        Event::StepProgress { step: step.clone(), checkpoint: Json(r#"{"bytes":4096}"#.into()) },
-        Event::StepSucceeded { step: step.clone(), output: Json(r#"{"snapshot":"ferry-abcd1234-pgdata"}"#.into()), warnings: vec!["slow".into()] },
-        Event::StepFailed { step: step.clone(), attempt: 2, error: "429 Too Many Requests".into(), retryable: true, retry_at_ms: Some(1_763_900_000_500) },
-        Event::StepInterrupted { step: step.clone(), attempt: 3 },
-        Event::StepSuspended { step: step.clone(), attempt: 4 },
+        Event::RunSubmitted {
+            name: "shop".into(),
+            workflow: "clone".into(),
+            spec: Json(r#"{"from":"prod","to":"staging"}"#.into()),
+        },
+        Event::Planned {
+            steps: vec![decl("preflight"), decl("namespaces").clone()],
+        },
+        Event::PlanExtended {
+            by: "preflight".into(),
+            steps: vec![decl("snapshot/shop/pgdata-db-0")],
+            add_deps: vec![("apply".into(), step.clone())],
+        },
+        Event::StepStarted {
+            step: step.clone(),
+            attempt: 1,
+            deadline_ms: Some(1_763_900_000_000),
+        },
+        Event::StepProgress {
+            step: step.clone(),
+            checkpoint: Json(r#"{"bytes":4096}"#.into()),
+        },
+        Event::StepSucceeded {
+            step: step.clone(),
+            output: Json(r#"{"snapshot":"ferry-abcd1234-pgdata"}"#.into()),
+            warnings: vec!["slow".into()],
+        },
+        Event::StepFailed {
+            step: step.clone(),
+            attempt: 2,
+            error: "429 Too Many Requests".into(),
+            retryable: true,
+            retry_at_ms: Some(1_763_900_000_500),
+        },
+        Event::StepInterrupted {
+            step: step.clone(),
+            attempt: 3,
+        },
+        Event::StepSuspended {
+            step: step.clone(),
+            attempt: 4,
+        },
         Event::RunRefused {
             by: "preflight".into(),
-            refusals: vec![Refusal { object: "Namespace shop-copy".into(), rule: "destination namespace exists".into(), fix: "choose another name".into() }],
+            refusals: vec![Refusal {
+                object: "Namespace shop-copy".into(),
+                rule: "destination namespace exists".into(),
+                fix: "choose another name".into(),
+            }],
         },
-        Event::CancelRequested { reason: "user".into() },
-        Event::CompensationStarted { reason: "step apply failed".into() },
+        Event::CancelRequested {
+            reason: "user".into(),
+        },
+        Event::CompensationStarted {
+            reason: "step apply failed".into(),
+        },
         Event::StepCompensated { step: step.clone() },
-        Event::CompensationFailed { step: step.clone(), error: "503".into(), last: false },
+        Event::CompensationFailed {
+            step: step.clone(),
+            error: "503".into(),
+            last: false,
+        },
         Event::RunSucceeded,
-        Event::RunSucceededWithWarnings { warnings: vec!["cleanup failed".into()] },
+        Event::RunSucceededWithWarnings {
+            warnings: vec!["cleanup failed".into()],
+        },
         Event::RunRolledBack,
-        Event::RunFailed { reason: "compensation failed".into(), left: vec!["namespaces: 403".into()] },
+        Event::RunFailed {
+            reason: "compensation failed".into(),
+            left: vec!["namespaces: 403".into()],
+        },
     ]
 }
 
@@ -78,7 +128,10 @@ fn every_variant_encodes_to_the_golden_bytes() {
         std::fs::write(GOLDEN, &bytes).unwrap();
     }
     let golden = std::fs::read(GOLDEN).expect("golden file is checked in");
-    assert_eq!(bytes, golden, "the event encoding changed: add a format byte and a compat path");
+    assert_eq!(
+        bytes, golden,
+        "the event encoding changed: add a format byte and a compat path"
+    );
     assert_eq!(decode_all(&golden), events);
     // Every record starts with the format byte.
     let first_len = u32::from_le_bytes(golden[..4].try_into().unwrap()) as usize;
@@ -89,14 +142,22 @@ fn every_variant_encodes_to_the_golden_bytes() {
 #[test]
 fn undecodable_records_are_named_not_panicked_on() {
     assert_eq!(Event::decode(&[]), Err(DecodeError::Empty));
-    assert_eq!(Event::decode(&[9, 0, 0]), Err(DecodeError::UnknownFormat(9)));
-    assert!(matches!(Event::decode(&[EVENT_FORMAT_V1, 250, 250, 250]), Err(DecodeError::Bincode(_))));
+    assert_eq!(
+        Event::decode(&[9, 0, 0]),
+        Err(DecodeError::UnknownFormat(9))
+    );
+    assert!(matches!(
+        Event::decode(&[EVENT_FORMAT_V1, 250, 250, 250]),
+        Err(DecodeError::Bincode(_))
+    ));
     let mut trailing = Event::RunSucceeded.encode();
     trailing.push(0);
     assert_eq!(Event::decode(&trailing), Err(DecodeError::Trailing(1)));
     // Arbitrary bytes never panic.
     for seed in 0u32..2000 {
-        let bytes: Vec<u8> = (0..(seed % 40)).map(|i| (seed.wrapping_mul(2654435761).wrapping_add(i * 97) >> 7) as u8).collect();
+        let bytes: Vec<u8> = (0..(seed % 40))
+            .map(|i| (seed.wrapping_mul(2654435761).wrapping_add(i * 97) >> 7) as u8)
+            .collect();
         let mut b = vec![EVENT_FORMAT_V1];
         b.extend(bytes);
         let _ = Event::decode(&b);
@@ -119,5 +180,8 @@ fn payloads_export_as_readable_redacted_json() {
     let json = e.to_export_json(&redact);
     let text = json.to_string();
     assert!(!text.contains("aHVudGVyMg=="), "{text}");
-    assert_eq!(json.pointer("/StepSucceeded/output/n"), Some(&serde_json::json!(2)));
+    assert_eq!(
+        json.pointer("/StepSucceeded/output/n"),
+        Some(&serde_json::json!(2))
+    );
 }

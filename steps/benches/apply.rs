@@ -35,32 +35,67 @@ fn manifests(ns: &str) -> Vec<Value> {
 #[tokio::main]
 async fn main() {
     let tmp = tempfile::tempdir().unwrap();
-    let src = SimCluster::start(SimOptions { name: "src".into(), ..SimOptions::default() }).await.unwrap();
-    let dst = SimCluster::start(SimOptions { name: "dst".into(), ..SimOptions::default() }).await.unwrap();
-    let clusters = Clusters::from_paths(&[src.kubeconfig_path().to_owned(), dst.kubeconfig_path().to_owned()]).unwrap();
+    let src = SimCluster::start(SimOptions {
+        name: "src".into(),
+        ..SimOptions::default()
+    })
+    .await
+    .unwrap();
+    let dst = SimCluster::start(SimOptions {
+        name: "dst".into(),
+        ..SimOptions::default()
+    })
+    .await
+    .unwrap();
+    let clusters = Clusters::from_paths(&[
+        src.kubeconfig_path().to_owned(),
+        dst.kubeconfig_path().to_owned(),
+    ])
+    .unwrap();
 
     // Seed the source (this also measures the simulator's raw create rate).
     let source = clusters.get("src").await.unwrap();
-    source.apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bench"}})).await.unwrap();
+    source
+        .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bench"}}))
+        .await
+        .unwrap();
     let objs = manifests("bench");
     let t = Instant::now();
     let calls: Vec<_> = objs.iter().map(|o| source.create_if_absent(o)).collect();
-    let seeded: Vec<_> = futures::stream::iter(calls).buffer_unordered(16).collect().await;
+    let seeded: Vec<_> = futures::stream::iter(calls)
+        .buffer_unordered(16)
+        .collect()
+        .await;
     let sim_rate = seeded.len() as f64 / t.elapsed().as_secs_f64();
     assert!(seeded.iter().all(Result::is_ok));
 
     // ferry: a clone of the namespace; the apply step's own time from the log.
-    let store = Store::open(StoreOptions { dir: tmp.path().join("state"), mac_key: Key32::from_bytes([1; 32]), blob_key: Some(Key32::from_bytes([2; 32])) }).unwrap();
+    let store = Store::open(StoreOptions {
+        dir: tmp.path().join("state"),
+        mac_key: Key32::from_bytes([1; 32]),
+        blob_key: Some(Key32::from_bytes([2; 32])),
+    })
+    .unwrap();
     let env = CloneEnv {
         clusters,
-        preflight: PreflightConfig::from_settings(Vec::new(), None, Default::default(), None, false).unwrap(),
+        preflight: PreflightConfig::from_settings(
+            Vec::new(),
+            None,
+            Default::default(),
+            None,
+            false,
+        )
+        .unwrap(),
         health_poll: Duration::from_millis(100),
     };
     let mut registry = Registry::new();
     CloneWorkflow::new(env).register(&mut registry);
     let engine = Engine::new(store, registry, EngineOptions::default());
     let spec = CloneSpec::from_json(&json!({"name": "bench", "sourceContext": "src", "destinationContext": "dst", "namespaces": [{"source": "bench", "destination": "bench-ferry"}]}).to_string()).unwrap();
-    let run = engine.submit(CloneWorkflow::submission(&spec).unwrap()).await.unwrap();
+    let run = engine
+        .submit(CloneWorkflow::submission(&spec).unwrap())
+        .await
+        .unwrap();
     let phase = engine.wait(run).await.unwrap();
     assert_eq!(phase, ferry_engine::Phase::Succeeded);
     let (mut start, mut end) = (0, 0);
@@ -78,7 +113,10 @@ async fn main() {
     let home = tmp.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
     let file = tmp.path().join("objects.yaml");
-    let yaml: String = manifests("bench-kubectl").iter().map(|o| format!("---\n{}", serde_yaml::to_string(o).unwrap())).collect();
+    let yaml: String = manifests("bench-kubectl")
+        .iter()
+        .map(|o| format!("---\n{}", serde_yaml::to_string(o).unwrap()))
+        .collect();
     std::fs::write(&file, yaml).unwrap();
     let kubectl = |args: &[&str]| {
         let out = std::process::Command::new("kubectl")
@@ -88,17 +126,34 @@ async fn main() {
             .args(args)
             .output()
             .expect("kubectl runs");
-        assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     kubectl(&["create", "namespace", "bench-kubectl", "-o", "name"]);
     let t = Instant::now();
-    kubectl(&["apply", "--server-side", "--field-manager", "bench", "-f", file.to_str().unwrap()]);
+    kubectl(&[
+        "apply",
+        "--server-side",
+        "--field-manager",
+        "bench",
+        "-f",
+        file.to_str().unwrap(),
+    ]);
     let kubectl_secs = t.elapsed().as_secs_f64();
     let kubectl_rate = (2 * N) as f64 / kubectl_secs;
 
     println!("simulator raw creates (16 concurrent clients): {sim_rate:.0} objects/s");
-    println!("ferry apply step: {} objects in {ferry_secs:.2} s = {ferry_rate:.0} objects/s", 2 * N);
-    println!("kubectl apply --server-side: {} objects in {kubectl_secs:.2} s = {kubectl_rate:.0} objects/s", 2 * N);
+    println!(
+        "ferry apply step: {} objects in {ferry_secs:.2} s = {ferry_rate:.0} objects/s",
+        2 * N
+    );
+    println!(
+        "kubectl apply --server-side: {} objects in {kubectl_secs:.2} s = {kubectl_rate:.0} objects/s",
+        2 * N
+    );
     println!("ratio apply_vs_kubectl={:.2}", ferry_rate / kubectl_rate);
     println!("ratio simulator_vs_apply={:.2}", sim_rate / ferry_rate);
     src.stop().await;

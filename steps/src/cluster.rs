@@ -27,9 +27,17 @@ pub const FIELD_MANAGER: &str = "ferry";
 pub fn classify(e: kube::Error, what: &str) -> StepError {
     match &e {
         kube::Error::Api(status) => {
-            let retryable = matches!(status.code, 409 | 429 | 500..=599) && status.reason != "AlreadyExists";
-            let msg = format!("{what}: {} ({} {})", status.message, status.code, status.reason);
-            if retryable { StepError::retryable(msg) } else { StepError::permanent(msg) }
+            let retryable =
+                matches!(status.code, 409 | 429 | 500..=599) && status.reason != "AlreadyExists";
+            let msg = format!(
+                "{what}: {} ({} {})",
+                status.message, status.code, status.reason
+            );
+            if retryable {
+                StepError::retryable(msg)
+            } else {
+                StepError::permanent(msg)
+            }
         }
         kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => {
             StepError::retryable(format!("{what}: connection: {e}"))
@@ -55,17 +63,24 @@ impl Clusters {
     pub fn from_paths(paths: &[PathBuf]) -> Result<Self, StepError> {
         let mut merged: Option<Kubeconfig> = None;
         for p in paths {
-            let kc = Kubeconfig::read_from(p)
-                .map_err(|e| StepError::permanent(format!("cannot read kubeconfig {}: {e}", p.display())))?;
+            let kc = Kubeconfig::read_from(p).map_err(|e| {
+                StepError::permanent(format!("cannot read kubeconfig {}: {e}", p.display()))
+            })?;
             merged = Some(match merged {
                 None => kc,
-                Some(m) => m.merge(kc).map_err(|e| StepError::permanent(format!("cannot merge kubeconfig {}: {e}", p.display())))?,
+                Some(m) => m.merge(kc).map_err(|e| {
+                    StepError::permanent(format!("cannot merge kubeconfig {}: {e}", p.display()))
+                })?,
             });
         }
         // No kubeconfig at all is allowed: every context is then unknown,
         // and a clone naming one is told so.
         let kubeconfig = merged.unwrap_or_default();
-        Ok(Clusters { kubeconfig, default_retry: true, cache: Mutex::new(HashMap::new()) })
+        Ok(Clusters {
+            kubeconfig,
+            default_retry: true,
+            cache: Mutex::new(HashMap::new()),
+        })
     }
 
     /// Turns kube's own retry of 429/503/504 off (fault tests use it so
@@ -82,7 +97,11 @@ impl Clusters {
 
     /// The context names known.
     pub fn contexts(&self) -> Vec<String> {
-        self.kubeconfig.contexts.iter().map(|c| c.name.clone()).collect()
+        self.kubeconfig
+            .contexts
+            .iter()
+            .map(|c| c.name.clone())
+            .collect()
     }
 
     /// The cluster of `context`.
@@ -96,14 +115,21 @@ impl Clusters {
                 self.contexts().join(", ")
             )));
         }
-        let opts = KubeConfigOptions { context: Some(context.to_owned()), ..Default::default() };
+        let opts = KubeConfigOptions {
+            context: Some(context.to_owned()),
+            ..Default::default()
+        };
         let mut config = Config::from_custom_kubeconfig(self.kubeconfig.clone(), &opts)
             .await
             .map_err(|e| StepError::permanent(format!("kubeconfig context {context}: {e}")))?;
         config.default_retry = self.default_retry;
-        let client = Client::try_from(config).map_err(|e| StepError::permanent(format!("client for {context}: {e}")))?;
+        let client = Client::try_from(config)
+            .map_err(|e| StepError::permanent(format!("client for {context}: {e}")))?;
         let cluster = Arc::new(Cluster::new(context, client));
-        self.cache.lock().expect("clusters lock").insert(context.to_owned(), cluster.clone());
+        self.cache
+            .lock()
+            .expect("clusters lock")
+            .insert(context.to_owned(), cluster.clone());
         Ok(cluster)
     }
 }
@@ -127,7 +153,11 @@ pub enum Created {
 impl Cluster {
     /// A cluster reached through `client`, named by its context.
     pub fn new(context: &str, client: Client) -> Self {
-        Cluster { context: context.to_owned(), client, discovery: RwLock::new(None) }
+        Cluster {
+            context: context.to_owned(),
+            client,
+            discovery: RwLock::new(None),
+        }
     }
 
     /// The context name.
@@ -162,7 +192,11 @@ impl Cluster {
 
     /// The API resource serving `api_version`/`kind`, refreshing discovery
     /// once if it is not known yet.
-    pub async fn resource(&self, api_version: &str, kind: &str) -> Result<(ApiResource, ApiCapabilities), StepError> {
+    pub async fn resource(
+        &self,
+        api_version: &str,
+        kind: &str,
+    ) -> Result<(ApiResource, ApiCapabilities), StepError> {
         let (group, version) = match api_version.split_once('/') {
             Some((g, v)) => (g, v),
             None => ("", api_version),
@@ -171,13 +205,20 @@ impl Cluster {
         if let Some(found) = self.discovery().await?.resolve_gvk(&gvk) {
             return Ok(found);
         }
-        self.refresh()
-            .await?
-            .resolve_gvk(&gvk)
-            .ok_or_else(|| StepError::retryable(format!("{kind} ({api_version}) is not served by cluster {}", self.context)))
+        self.refresh().await?.resolve_gvk(&gvk).ok_or_else(|| {
+            StepError::retryable(format!(
+                "{kind} ({api_version}) is not served by cluster {}",
+                self.context
+            ))
+        })
     }
 
-    fn api(&self, ar: &ApiResource, caps: &ApiCapabilities, namespace: Option<&str>) -> Api<DynamicObject> {
+    fn api(
+        &self,
+        ar: &ApiResource,
+        caps: &ApiCapabilities,
+        namespace: Option<&str>,
+    ) -> Api<DynamicObject> {
         match (caps.scope == Scope::Namespaced, namespace) {
             (true, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, ar),
             _ => Api::all_with(self.client.clone(), ar),
@@ -191,7 +232,10 @@ impl Cluster {
         let mut out = Vec::new();
         for group in discovery.groups() {
             for (ar, caps) in group.recommended_resources() {
-                if caps.scope != Scope::Namespaced || !caps.supports_operation(verbs::LIST) || ar.plural.contains('/') {
+                if caps.scope != Scope::Namespaced
+                    || !caps.supports_operation(verbs::LIST)
+                    || ar.plural.contains('/')
+                {
                     continue;
                 }
                 out.extend(self.list(&ar, &caps, Some(namespace), None).await?);
@@ -201,7 +245,12 @@ impl Cluster {
     }
 
     /// Every object of one cluster-scoped kind (empty if not served).
-    pub async fn list_kind(&self, api_version: &str, kind: &str, label_selector: Option<&str>) -> Result<Vec<Value>, StepError> {
+    pub async fn list_kind(
+        &self,
+        api_version: &str,
+        kind: &str,
+        label_selector: Option<&str>,
+    ) -> Result<Vec<Value>, StepError> {
         let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
         let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
         match self.discovery().await?.resolve_gvk(&gvk) {
@@ -211,7 +260,12 @@ impl Cluster {
     }
 
     /// Every object of one namespaced kind in `namespace` (empty if not served).
-    pub async fn list_kind_in(&self, api_version: &str, kind: &str, namespace: &str) -> Result<Vec<Value>, StepError> {
+    pub async fn list_kind_in(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+    ) -> Result<Vec<Value>, StepError> {
         let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
         let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
         match self.discovery().await?.resolve_gvk(&gvk) {
@@ -220,7 +274,13 @@ impl Cluster {
         }
     }
 
-    async fn list(&self, ar: &ApiResource, caps: &ApiCapabilities, namespace: Option<&str>, selector: Option<&str>) -> Result<Vec<Value>, StepError> {
+    async fn list(
+        &self,
+        ar: &ApiResource,
+        caps: &ApiCapabilities,
+        namespace: Option<&str>,
+        selector: Option<&str>,
+    ) -> Result<Vec<Value>, StepError> {
         let api = self.api(ar, caps, namespace);
         let mut lp = ListParams::default();
         if let Some(s) = selector {
@@ -234,19 +294,32 @@ impl Cluster {
             .into_iter()
             .map(|mut o| {
                 // Items of a list carry no apiVersion/kind: restore them.
-                o.types = Some(kube::api::TypeMeta { api_version: ar.api_version.clone(), kind: ar.kind.clone() });
-                serde_json::to_value(o).map_err(|e| StepError::permanent(format!("object does not serialize: {e}")))
+                o.types = Some(kube::api::TypeMeta {
+                    api_version: ar.api_version.clone(),
+                    kind: ar.kind.clone(),
+                });
+                serde_json::to_value(o)
+                    .map_err(|e| StepError::permanent(format!("object does not serialize: {e}")))
             })
             .collect()
     }
 
     /// The object, if it exists.
-    pub async fn get(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Result<Option<Value>, StepError> {
+    pub async fn get(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Option<Value>, StepError> {
         let (ar, caps) = self.resource(api_version, kind).await?;
         match self.api(&ar, &caps, namespace).get_opt(name).await {
             Ok(Some(o)) => Ok(Some(to_value(o, &ar)?)),
             Ok(None) => Ok(None),
-            Err(e) => Err(classify(e, &format!("get {kind} {name} on {}", self.context))),
+            Err(e) => Err(classify(
+                e,
+                &format!("get {kind} {name} on {}", self.context),
+            )),
         }
     }
 
@@ -256,17 +329,26 @@ impl Cluster {
         let (api_version, kind, namespace, name) = ids(obj)?;
         let (ar, caps) = self.resource(&api_version, &kind).await?;
         let api = self.api(&ar, &caps, namespace.as_deref());
-        let dynamic: DynamicObject = serde_json::from_value(obj.clone())
-            .map_err(|e| StepError::permanent(format!("{kind} {name} is not a valid object: {e}")))?;
+        let dynamic: DynamicObject = serde_json::from_value(obj.clone()).map_err(|e| {
+            StepError::permanent(format!("{kind} {name} is not a valid object: {e}"))
+        })?;
         match api.create(&PostParams::default(), &dynamic).await {
             Ok(o) => Ok(Created::Created(to_value(o, &ar)?)),
             Err(e) if is_status(&e, 409) => match api.get_opt(&name).await {
                 Ok(Some(o)) => Ok(Created::Exists(to_value(o, &ar)?)),
                 // Gone again between the two calls (being deleted): try later.
-                Ok(None) => Err(StepError::retryable(format!("{kind} {name} exists but vanished; retrying"))),
-                Err(e) => Err(classify(e, &format!("get {kind} {name} on {}", self.context))),
+                Ok(None) => Err(StepError::retryable(format!(
+                    "{kind} {name} exists but vanished; retrying"
+                ))),
+                Err(e) => Err(classify(
+                    e,
+                    &format!("get {kind} {name} on {}", self.context),
+                )),
             },
-            Err(e) => Err(classify(e, &format!("create {kind} {name} on {}", self.context))),
+            Err(e) => Err(classify(
+                e,
+                &format!("create {kind} {name} on {}", self.context),
+            )),
         }
     }
 
@@ -279,37 +361,65 @@ impl Cluster {
         let o = api
             .patch(&name, &pp, &Patch::Apply(obj))
             .await
-            .map_err(|e| classify(e, &format!("apply {kind} {}{name} on {}", namespace.map(|n| format!("{n}/")).unwrap_or_default(), self.context)))?;
+            .map_err(|e| {
+                classify(
+                    e,
+                    &format!(
+                        "apply {kind} {}{name} on {}",
+                        namespace.map(|n| format!("{n}/")).unwrap_or_default(),
+                        self.context
+                    ),
+                )
+            })?;
         to_value(o, &ar)
     }
 
     /// Deletes the object (background propagation); false if it was absent.
-    pub async fn delete(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Result<bool, StepError> {
+    pub async fn delete(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<bool, StepError> {
         let (ar, caps) = match self.resource(api_version, kind).await {
             Ok(r) => r,
             // A kind no longer served has nothing left to delete.
             Err(_) => return Ok(false),
         };
-        match self.api(&ar, &caps, namespace).delete(name, &DeleteParams::background()).await {
+        match self
+            .api(&ar, &caps, namespace)
+            .delete(name, &DeleteParams::background())
+            .await
+        {
             Ok(_) => Ok(true),
             Err(e) if is_status(&e, 404) => Ok(false),
-            Err(e) => Err(classify(e, &format!("delete {kind} {name} on {}", self.context))),
+            Err(e) => Err(classify(
+                e,
+                &format!("delete {kind} {name} on {}", self.context),
+            )),
         }
     }
 }
 
 fn to_value(mut o: DynamicObject, ar: &ApiResource) -> Result<Value, StepError> {
     if o.types.is_none() {
-        o.types = Some(kube::api::TypeMeta { api_version: ar.api_version.clone(), kind: ar.kind.clone() });
+        o.types = Some(kube::api::TypeMeta {
+            api_version: ar.api_version.clone(),
+            kind: ar.kind.clone(),
+        });
     }
-    serde_json::to_value(o).map_err(|e| StepError::permanent(format!("object does not serialize: {e}")))
+    serde_json::to_value(o)
+        .map_err(|e| StepError::permanent(format!("object does not serialize: {e}")))
 }
 
 /// apiVersion, kind, namespace and name of an object.
 pub fn ids(obj: &Value) -> Result<(String, String, Option<String>, String), StepError> {
     let s = |p: &str| obj.pointer(p).and_then(Value::as_str).map(str::to_owned);
-    let api_version = s("/apiVersion").ok_or_else(|| StepError::permanent("object without apiVersion"))?;
+    let api_version =
+        s("/apiVersion").ok_or_else(|| StepError::permanent("object without apiVersion"))?;
     let kind = s("/kind").ok_or_else(|| StepError::permanent("object without kind"))?;
-    let name = s("/metadata/name").ok_or_else(|| StepError::permanent(format!("{kind} without metadata.name")))?;
+    let name = s("/metadata/name")
+        .ok_or_else(|| StepError::permanent(format!("{kind} without metadata.name")))?;
     Ok((api_version, kind, s("/metadata/namespace"), name))
 }

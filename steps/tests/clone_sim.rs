@@ -37,11 +37,19 @@ async fn apply_yaml(cluster: &Cluster, yaml: &str) {
 }
 
 async fn sim(name: &str) -> SimCluster {
-    SimCluster::start(SimOptions { name: name.into(), ..SimOptions::default() }).await.unwrap()
+    SimCluster::start(SimOptions {
+        name: name.into(),
+        ..SimOptions::default()
+    })
+    .await
+    .unwrap()
 }
 
 fn clusters(sims: &[&SimCluster]) -> Clusters {
-    let paths: Vec<PathBuf> = sims.iter().map(|s| s.kubeconfig_path().to_owned()).collect();
+    let paths: Vec<PathBuf> = sims
+        .iter()
+        .map(|s| s.kubeconfig_path().to_owned())
+        .collect();
     Clusters::from_paths(&paths).unwrap()
 }
 
@@ -66,39 +74,77 @@ async fn setup(no_kube_retry: bool) -> Setup {
     .unwrap();
     let env = CloneEnv {
         clusters: cl,
-        preflight: PreflightConfig::from_settings(Vec::new(), None, Default::default(), None, false).unwrap(),
+        preflight: PreflightConfig::from_settings(
+            Vec::new(),
+            None,
+            Default::default(),
+            None,
+            false,
+        )
+        .unwrap(),
         health_poll: Duration::from_millis(100),
     };
     let mut registry = Registry::new();
     CloneWorkflow::new(env).register(&mut registry);
     let opts = EngineOptions {
-        retry: RetryPolicy { initial: Duration::from_millis(50), max: Duration::from_secs(1), multiplier: 2.0 },
+        retry: RetryPolicy {
+            initial: Duration::from_millis(50),
+            max: Duration::from_secs(1),
+            multiplier: 2.0,
+        },
         ..EngineOptions::default()
     };
-    Setup { _tmp: tmp, src, dst, engine: Engine::new(store, registry, opts) }
+    Setup {
+        _tmp: tmp,
+        src,
+        dst,
+        engine: Engine::new(store, registry, opts),
+    }
 }
 
 fn spec(name: &str, from: &str, to: &str, dst_ns: &str) -> CloneSpec {
-    CloneSpec::from_json(&json!({
-        "name": name,
-        "sourceContext": from,
-        "destinationContext": to,
-        "namespaces": [{"source": "shop", "destination": dst_ns}],
-    }).to_string())
+    CloneSpec::from_json(
+        &json!({
+            "name": name,
+            "sourceContext": from,
+            "destinationContext": to,
+            "namespaces": [{"source": "shop", "destination": dst_ns}],
+        })
+        .to_string(),
+    )
     .unwrap()
 }
 
 async fn run_clone(s: &Setup, spec: &CloneSpec) -> (RunId, Phase) {
-    let run = s.engine.submit(CloneWorkflow::submission(spec).unwrap()).await.unwrap();
-    let phase = tokio::time::timeout(Duration::from_secs(120), s.engine.wait(run)).await.expect("clone finishes").unwrap();
+    let run = s
+        .engine
+        .submit(CloneWorkflow::submission(spec).unwrap())
+        .await
+        .unwrap();
+    let phase = tokio::time::timeout(Duration::from_secs(120), s.engine.wait(run))
+        .await
+        .expect("clone finishes")
+        .unwrap();
     (run, phase)
 }
 
 fn events(s: &Setup, run: RunId) -> Vec<Event> {
-    s.engine.store().read(run, 0).unwrap().iter().map(|e| Event::decode(&e.event).unwrap()).collect()
+    s.engine
+        .store()
+        .read(run, 0)
+        .unwrap()
+        .iter()
+        .map(|e| Event::decode(&e.event).unwrap())
+        .collect()
 }
 
-async fn get(c: &Cluster, api_version: &str, kind: &str, ns: Option<&str>, name: &str) -> Option<Value> {
+async fn get(
+    c: &Cluster,
+    api_version: &str,
+    kind: &str,
+    ns: Option<&str>,
+    name: &str,
+) -> Option<Value> {
     c.get(api_version, kind, ns, name).await.unwrap()
 }
 
@@ -106,63 +152,171 @@ async fn get(c: &Cluster, api_version: &str, kind: &str, ns: Option<&str>, name:
 async fn a_cross_cluster_clone_of_an_app_without_volumes_becomes_healthy() {
     let s = setup(false).await;
     let (run, phase) = run_clone(&s, &spec("shop", "prod", "staging", "shop-copy")).await;
-    assert_eq!(phase, Phase::Succeeded, "{:?}", events(&s, run).iter().map(Event::name).collect::<Vec<_>>());
+    assert_eq!(
+        phase,
+        Phase::Succeeded,
+        "{:?}",
+        events(&s, run).iter().map(Event::name).collect::<Vec<_>>()
+    );
     let cl = clusters(&[&s.src, &s.dst]);
     let dst = cl.get("staging").await.unwrap();
     let src = cl.get("prod").await.unwrap();
     let label = run.to_string();
 
-    let ns = get(&dst, "v1", "Namespace", None, "shop-copy").await.expect("namespace created");
+    let ns = get(&dst, "v1", "Namespace", None, "shop-copy")
+        .await
+        .expect("namespace created");
     assert_eq!(ns["metadata"]["labels"]["ferry.dev/run"], label.as_str());
     assert_eq!(ns["metadata"]["labels"]["team"], "web", "labels copied");
     // Objects equal after the expected transforms.
-    let cm_src = get(&src, "v1", "ConfigMap", Some("shop"), "settings").await.unwrap();
-    let cm = get(&dst, "v1", "ConfigMap", Some("shop-copy"), "settings").await.unwrap();
+    let cm_src = get(&src, "v1", "ConfigMap", Some("shop"), "settings")
+        .await
+        .unwrap();
+    let cm = get(&dst, "v1", "ConfigMap", Some("shop-copy"), "settings")
+        .await
+        .unwrap();
     assert_eq!(cm["data"], cm_src["data"]);
     assert_eq!(cm["metadata"]["labels"]["app"], "shop");
     assert_eq!(cm["metadata"]["labels"]["ferry.dev/run"], label.as_str());
     assert_ne!(cm["metadata"]["uid"], cm_src["metadata"]["uid"]);
-    let secret = get(&dst, "v1", "Secret", Some("shop-copy"), "db-credentials").await.unwrap();
+    let secret = get(&dst, "v1", "Secret", Some("shop-copy"), "db-credentials")
+        .await
+        .unwrap();
     assert_eq!(secret["data"]["password"], "aHVudGVyMg==");
-    let rb = get(&dst, "rbac.authorization.k8s.io/v1", "RoleBinding", Some("shop-copy"), "web-reader").await.unwrap();
-    assert_eq!(rb["subjects"][0]["namespace"], "shop-copy", "subjects follow the namespace mapping");
-    assert!(get(&dst, "v1", "ServiceAccount", Some("shop-copy"), "web").await.is_some());
-    assert!(get(&dst, "networking.k8s.io/v1", "NetworkPolicy", Some("shop-copy"), "deny-all").await.is_some());
-    assert!(get(&dst, "networking.k8s.io/v1", "Ingress", Some("shop-copy"), "web").await.is_some());
-    let svc = get(&dst, "v1", "Service", Some("shop-copy"), "api").await.unwrap();
+    let rb = get(
+        &dst,
+        "rbac.authorization.k8s.io/v1",
+        "RoleBinding",
+        Some("shop-copy"),
+        "web-reader",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        rb["subjects"][0]["namespace"], "shop-copy",
+        "subjects follow the namespace mapping"
+    );
+    assert!(
+        get(&dst, "v1", "ServiceAccount", Some("shop-copy"), "web")
+            .await
+            .is_some()
+    );
+    assert!(
+        get(
+            &dst,
+            "networking.k8s.io/v1",
+            "NetworkPolicy",
+            Some("shop-copy"),
+            "deny-all"
+        )
+        .await
+        .is_some()
+    );
+    assert!(
+        get(
+            &dst,
+            "networking.k8s.io/v1",
+            "Ingress",
+            Some("shop-copy"),
+            "web"
+        )
+        .await
+        .is_some()
+    );
+    let svc = get(&dst, "v1", "Service", Some("shop-copy"), "api")
+        .await
+        .unwrap();
     assert_eq!(svc["spec"]["ports"][0]["port"], 8080);
     // Cluster-scoped dependencies created, labelled as this run's.
-    let crd = get(&dst, "apiextensions.k8s.io/v1", "CustomResourceDefinition", None, "carts.shop.example.com").await.unwrap();
+    let crd = get(
+        &dst,
+        "apiextensions.k8s.io/v1",
+        "CustomResourceDefinition",
+        None,
+        "carts.shop.example.com",
+    )
+    .await
+    .unwrap();
     assert_eq!(crd["metadata"]["labels"]["ferry.dev/run"], label.as_str());
-    let ic = get(&dst, "networking.k8s.io/v1", "IngressClass", None, "shop-nginx").await.unwrap();
+    let ic = get(
+        &dst,
+        "networking.k8s.io/v1",
+        "IngressClass",
+        None,
+        "shop-nginx",
+    )
+    .await
+    .unwrap();
     assert_eq!(ic["metadata"]["labels"]["ferry.dev/run"], label.as_str());
     dst.refresh().await.unwrap();
-    let cart = get(&dst, "shop.example.com/v1", "Cart", Some("shop-copy"), "default-cart").await.expect("custom resource cloned");
+    let cart = get(
+        &dst,
+        "shop.example.com/v1",
+        "Cart",
+        Some("shop-copy"),
+        "default-cart",
+    )
+    .await
+    .expect("custom resource cloned");
     assert_eq!(cart["spec"]["items"], 3);
     // Secret data never reaches the log.
     let mut out = Vec::new();
     ferry_engine::export_run(s.engine.store(), run, &mut out, &|v| v).unwrap();
     assert!(!String::from_utf8_lossy(&out).contains("aHVudGVyMg=="));
     // Nothing was created twice on the destination.
-    assert!(s.dst.creates().values().all(|n| *n == 1), "{:?}", s.dst.creates());
+    assert!(
+        s.dst.creates().values().all(|n| *n == 1),
+        "{:?}",
+        s.dst.creates()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_in_cluster_clone_keeps_the_source_untouched() {
     let s = setup(false).await;
-    let before = get(&clusters(&[&s.src]).get("prod").await.unwrap(), "v1", "ConfigMap", Some("shop"), "settings").await.unwrap();
+    let before = get(
+        &clusters(&[&s.src]).get("prod").await.unwrap(),
+        "v1",
+        "ConfigMap",
+        Some("shop"),
+        "settings",
+    )
+    .await
+    .unwrap();
     // In-cluster, the app's IngressClass already exists on the destination
     // (Astra refuses that); the fix the refusal names is to exclude it.
     let mut in_cluster = spec("shop-in", "prod", "prod", "shop-copy");
     in_cluster.exclude = vec![serde_json::from_value(json!({"kind": "IngressClass"})).unwrap()];
     let (run, phase) = run_clone(&s, &in_cluster).await;
-    assert_eq!(phase, Phase::Succeeded, "{:?}", s.engine.load(run).unwrap().refusals);
+    assert_eq!(
+        phase,
+        Phase::Succeeded,
+        "{:?}",
+        s.engine.load(run).unwrap().refusals
+    );
     let c = clusters(&[&s.src]).get("prod").await.unwrap();
-    let after = get(&c, "v1", "ConfigMap", Some("shop"), "settings").await.unwrap();
-    assert_eq!(before["metadata"]["resourceVersion"], after["metadata"]["resourceVersion"]);
-    assert!(get(&c, "v1", "ConfigMap", Some("shop-copy"), "settings").await.is_some());
+    let after = get(&c, "v1", "ConfigMap", Some("shop"), "settings")
+        .await
+        .unwrap();
+    assert_eq!(
+        before["metadata"]["resourceVersion"],
+        after["metadata"]["resourceVersion"]
+    );
+    assert!(
+        get(&c, "v1", "ConfigMap", Some("shop-copy"), "settings")
+            .await
+            .is_some()
+    );
     // The existing IngressClass and CRD were not labelled or touched.
-    let crd = get(&c, "apiextensions.k8s.io/v1", "CustomResourceDefinition", None, "carts.shop.example.com").await.unwrap();
+    let crd = get(
+        &c,
+        "apiextensions.k8s.io/v1",
+        "CustomResourceDefinition",
+        None,
+        "carts.shop.example.com",
+    )
+    .await
+    .unwrap();
     assert!(crd["metadata"]["labels"].get("ferry.dev/run").is_none());
 }
 
@@ -171,18 +325,36 @@ async fn refusals_are_all_named_and_nothing_is_written_on_either_cluster() {
     let s = setup(false).await;
     // The destination namespace exists already, and the IngressClass the app carries too.
     let dst = clusters(&[&s.dst]).get("staging").await.unwrap();
-    apply_yaml(&dst, "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop-copy}\n").await;
+    apply_yaml(
+        &dst,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop-copy}\n",
+    )
+    .await;
     apply_yaml(&dst, "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: shop-nginx}\nspec: {controller: other}\n").await;
     let (src_rv, dst_rv) = (s.src.resource_version(), s.dst.resource_version());
     let (run, phase) = run_clone(&s, &spec("refused", "prod", "staging", "shop-copy")).await;
     assert_eq!(phase, Phase::Refused);
     let state = s.engine.load(run).unwrap();
     let text: Vec<String> = state.refusals.iter().map(|r| r.to_string()).collect();
-    assert!(text.iter().any(|r| r.contains("Namespace shop-copy")), "{text:?}");
-    assert!(text.iter().any(|r| r.contains("IngressClass shop-nginx")), "{text:?}");
+    assert!(
+        text.iter().any(|r| r.contains("Namespace shop-copy")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter().any(|r| r.contains("IngressClass shop-nginx")),
+        "{text:?}"
+    );
     assert!(state.refusals.iter().all(|r| !r.fix.is_empty()));
-    assert_eq!((s.src.resource_version(), s.dst.resource_version()), (src_rv, dst_rv), "nothing written");
-    assert!(!events(&s, run).iter().any(|e| matches!(e, Event::CompensationStarted { .. })));
+    assert_eq!(
+        (s.src.resource_version(), s.dst.resource_version()),
+        (src_rv, dst_rv),
+        "nothing written"
+    );
+    assert!(
+        !events(&s, run)
+            .iter()
+            .any(|e| matches!(e, Event::CompensationStarted { .. }))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,18 +362,55 @@ async fn a_failing_apply_rolls_back_everything_this_run_made() {
     let s = setup(true).await;
     s.dst.set_faults(FaultConfig {
         seed: 7,
-        rules: vec![FaultRule { verb: Some("patch".into()), resource: Some("configmaps".into()), rate: 1.0, code: 500, ..Default::default() }],
+        rules: vec![FaultRule {
+            verb: Some("patch".into()),
+            resource: Some("configmaps".into()),
+            rate: 1.0,
+            code: 500,
+            ..Default::default()
+        }],
         ..Default::default()
     });
     let (run, phase) = run_clone(&s, &spec("doomed", "prod", "staging", "shop-copy")).await;
     assert_eq!(phase, Phase::RolledBack);
     s.dst.clear_faults();
     let dst = clusters(&[&s.dst]).get("staging").await.unwrap();
-    assert!(get(&dst, "v1", "Namespace", None, "shop-copy").await.is_none(), "no namespace of this run left");
-    assert!(get(&dst, "apiextensions.k8s.io/v1", "CustomResourceDefinition", None, "carts.shop.example.com").await.is_none());
-    assert!(get(&dst, "networking.k8s.io/v1", "IngressClass", None, "shop-nginx").await.is_none());
+    assert!(
+        get(&dst, "v1", "Namespace", None, "shop-copy")
+            .await
+            .is_none(),
+        "no namespace of this run left"
+    );
+    assert!(
+        get(
+            &dst,
+            "apiextensions.k8s.io/v1",
+            "CustomResourceDefinition",
+            None,
+            "carts.shop.example.com"
+        )
+        .await
+        .is_none()
+    );
+    assert!(
+        get(
+            &dst,
+            "networking.k8s.io/v1",
+            "IngressClass",
+            None,
+            "shop-nginx"
+        )
+        .await
+        .is_none()
+    );
     let evs = events(&s, run);
-    let compensated: Vec<String> = evs.iter().filter_map(|e| match e { Event::StepCompensated { step } => Some(step.0.clone()), _ => None }).collect();
+    let compensated: Vec<String> = evs
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepCompensated { step } => Some(step.0.clone()),
+            _ => None,
+        })
+        .collect();
     assert_eq!(compensated, vec!["apply", "namespaces", "preflight"]);
 }
 
@@ -214,7 +423,14 @@ async fn a_volume_is_refused_until_this_build_can_copy_it() {
     let (run, phase) = run_clone(&s, &spec("vols", "prod", "staging", "shop-copy")).await;
     assert_eq!(phase, Phase::Refused);
     let state = s.engine.load(run).unwrap();
-    assert!(state.refusals.iter().any(|r| r.object == "PersistentVolumeClaim shop/data"), "{:?}", state.refusals);
+    assert!(
+        state
+            .refusals
+            .iter()
+            .any(|r| r.object == "PersistentVolumeClaim shop/data"),
+        "{:?}",
+        state.refusals
+    );
     assert_eq!(s.dst.resource_version(), dst_rv);
 }
 
@@ -224,18 +440,54 @@ async fn injected_faults_and_commit_then_500_writes_are_retried_to_success() {
     s.dst.set_faults(FaultConfig {
         seed: 42,
         rules: vec![
-            FaultRule { verb: Some("patch".into()), rate: 0.2, code: 500, commit: true, ..Default::default() },
-            FaultRule { rate: 0.1, code: 503, ..Default::default() },
+            FaultRule {
+                verb: Some("patch".into()),
+                rate: 0.2,
+                code: 500,
+                commit: true,
+                ..Default::default()
+            },
+            FaultRule {
+                rate: 0.1,
+                code: 503,
+                ..Default::default()
+            },
         ],
         latency_ms: 2,
         ..Default::default()
     });
     let (run, phase) = run_clone(&s, &spec("faulty", "prod", "staging", "shop-copy")).await;
-    assert_eq!(phase, Phase::Succeeded, "{:?}", s.engine.load(run).unwrap().steps.values().map(|st| (st.decl.id.0.clone(), st.last_error.clone())).collect::<Vec<_>>());
+    assert_eq!(
+        phase,
+        Phase::Succeeded,
+        "{:?}",
+        s.engine
+            .load(run)
+            .unwrap()
+            .steps
+            .values()
+            .map(|st| (st.decl.id.0.clone(), st.last_error.clone()))
+            .collect::<Vec<_>>()
+    );
     assert!(s.dst.faults_injected() > 0);
-    let retries = events(&s, run).iter().filter(|e| matches!(e, Event::StepFailed { retryable: true, .. })).count();
+    let retries = events(&s, run)
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                Event::StepFailed {
+                    retryable: true,
+                    ..
+                }
+            )
+        })
+        .count();
     assert!(retries > 0, "the log shows the retries");
-    assert!(s.dst.creates().values().all(|n| *n == 1), "nothing doubled: {:?}", s.dst.creates());
+    assert!(
+        s.dst.creates().values().all(|n| *n == 1),
+        "nothing doubled: {:?}",
+        s.dst.creates()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,17 +496,36 @@ async fn a_dry_run_shows_the_plan_and_writes_nothing() {
     let (src_rv, dst_rv) = (s.src.resource_version(), s.dst.resource_version());
     let env = CloneEnv {
         clusters: clusters(&[&s.src, &s.dst]),
-        preflight: PreflightConfig::from_settings(Vec::new(), None, Default::default(), None, false).unwrap(),
+        preflight: PreflightConfig::from_settings(
+            Vec::new(),
+            None,
+            Default::default(),
+            None,
+            false,
+        )
+        .unwrap(),
         health_poll: Duration::from_millis(100),
     };
-    let answer = CloneWorkflow::new(env).dry_run(&spec("dry", "prod", "staging", "shop-copy")).await.unwrap();
+    let answer = CloneWorkflow::new(env)
+        .dry_run(&spec("dry", "prod", "staging", "shop-copy"))
+        .await
+        .unwrap();
     assert!(answer.refusals.is_empty(), "{:?}", answer.refusals);
     let text = answer.render_text();
     assert!(text.contains("shop -> shop-copy"), "{text}");
     assert!(text.contains("ConfigMap"), "{text}");
-    assert!(!text.contains("aHVudGVyMg==") && !text.contains("hunter2"), "no Secret data: {text}");
+    assert!(
+        !text.contains("aHVudGVyMg==") && !text.contains("hunter2"),
+        "no Secret data: {text}"
+    );
     let json = serde_json::to_string(&answer).unwrap();
     assert!(!json.contains("aHVudGVyMg=="));
-    assert_eq!((s.src.resource_version(), s.dst.resource_version()), (src_rv, dst_rv));
-    assert!(s.engine.store().list().unwrap().is_empty(), "not even ferry's log");
+    assert_eq!(
+        (s.src.resource_version(), s.dst.resource_version()),
+        (src_rv, dst_rv)
+    );
+    assert!(
+        s.engine.store().list().unwrap().is_empty(),
+        "not even ferry's log"
+    );
 }

@@ -20,7 +20,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ferry_engine::{
-    CompensateCtx, Engine, EngineOptions, Json, Refusal, Registry, Step, StepCtx, StepDecl, StepError, Submission,
+    CompensateCtx, Engine, EngineOptions, Json, Refusal, Registry, Step, StepCtx, StepDecl,
+    StepError, Submission,
 };
 use ferry_store::{Key32, Store, StoreOptions};
 use serde::{Deserialize, Serialize};
@@ -50,19 +51,29 @@ impl World {
     /// A world in `dir` (created).
     pub fn new(dir: &Path) -> Self {
         std::fs::create_dir_all(dir).expect("world dir");
-        World { dir: dir.to_owned(), running: Arc::default(), peak: Arc::default() }
+        World {
+            dir: dir.to_owned(),
+            running: Arc::default(),
+            peak: Arc::default(),
+        }
     }
 
     fn record(&self, what: &str, run: &str, step: &str, attempt: u32) {
-        let line = serde_json::to_string(&Record { what: what.into(), run: run.into(), step: step.into(), attempt })
-            .expect("record encodes");
+        let line = serde_json::to_string(&Record {
+            what: what.into(),
+            run: run.into(),
+            step: step.into(),
+            attempt,
+        })
+        .expect("record encodes");
         let mut f = OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join("journal"))
             .expect("journal opens");
         // One write per line, O_APPEND: lines never interleave.
-        f.write_all(format!("{line}\n").as_bytes()).expect("journal write");
+        f.write_all(format!("{line}\n").as_bytes())
+            .expect("journal write");
         f.sync_data().expect("journal sync");
     }
 
@@ -78,7 +89,10 @@ impl World {
 
     /// Records of one kind for one run.
     pub fn of(&self, what: &str, run: &str) -> Vec<Record> {
-        self.records().into_iter().filter(|r| r.what == what && r.run == run).collect()
+        self.records()
+            .into_iter()
+            .filter(|r| r.what == what && r.run == run)
+            .collect()
     }
 
     /// The most steps seen running at once in this process.
@@ -88,7 +102,8 @@ impl World {
 
     /// The marker file a step creates (its idempotent side effect).
     pub fn marker(&self, run: &str, step: &str) -> PathBuf {
-        self.dir.join(format!("made-{run}-{}", step.replace('/', "_")))
+        self.dir
+            .join(format!("made-{run}-{}", step.replace('/', "_")))
     }
 }
 
@@ -160,10 +175,20 @@ impl Step for Work {
         result
     }
 
-    async fn compensate(&self, ctx: &CompensateCtx, input: WorkInput, _output: Option<WorkOutput>) -> Result<(), StepError> {
+    async fn compensate(
+        &self,
+        ctx: &CompensateCtx,
+        input: WorkInput,
+        _output: Option<WorkOutput>,
+    ) -> Result<(), StepError> {
         let run = ctx.short();
         let step = ctx.step_id().to_string();
-        let tries = self.world.of("compensate-try", &run).iter().filter(|r| r.step == step).count() as u32;
+        let tries = self
+            .world
+            .of("compensate-try", &run)
+            .iter()
+            .filter(|r| r.step == step)
+            .count() as u32;
         self.world.record("compensate-try", &run, &step, 0);
         if input.comp_permanent {
             return Err(StepError::permanent("compensation cannot undo this"));
@@ -179,12 +204,26 @@ impl Step for Work {
 }
 
 impl Work {
-    async fn body(&self, ctx: &StepCtx, input: &WorkInput, run: &str, step: &str) -> Result<WorkOutput, StepError> {
+    async fn body(
+        &self,
+        ctx: &StepCtx,
+        input: &WorkInput,
+        run: &str,
+        step: &str,
+    ) -> Result<WorkOutput, StepError> {
         let resumed_from: Option<u32> = ctx.checkpoint();
         if input.refuse {
             return Err(StepError::refused(vec![
-                Refusal { object: format!("Thing {step}"), rule: "things must not be refused".into(), fix: "do not refuse".into() },
-                Refusal { object: "Other thing".into(), rule: "second rule".into(), fix: "second fix".into() },
+                Refusal {
+                    object: format!("Thing {step}"),
+                    rule: "things must not be refused".into(),
+                    fix: "do not refuse".into(),
+                },
+                Refusal {
+                    object: "Other thing".into(),
+                    rule: "second rule".into(),
+                    fix: "second fix".into(),
+                },
             ]));
         }
         if let Some(point) = &input.failpoint {
@@ -212,7 +251,10 @@ impl Work {
             return Err(StepError::cancelled());
         }
         if ctx.attempt() <= input.fail_times {
-            return Err(StepError::retryable(format!("transient failure on attempt {}", ctx.attempt())));
+            return Err(StepError::retryable(format!(
+                "transient failure on attempt {}",
+                ctx.attempt()
+            )));
         }
         if input.permanent {
             return Err(StepError::permanent("this step cannot succeed"));
@@ -231,7 +273,12 @@ impl Work {
             let blocks = input
                 .extend_blocks
                 .iter()
-                .flat_map(|b| input.extend.iter().map(move |id| (b.as_str().into(), id.as_str().into())))
+                .flat_map(|b| {
+                    input
+                        .extend
+                        .iter()
+                        .map(move |id| (b.as_str().into(), id.as_str().into()))
+                })
                 .collect();
             ctx.extend_plan(steps, blocks);
         }
@@ -239,7 +286,11 @@ impl Work {
             ctx.warn(w.clone());
         }
         self.world.record("done", run, step, ctx.attempt());
-        Ok(WorkOutput { step: step.to_owned(), attempt: ctx.attempt(), resumed_from })
+        Ok(WorkOutput {
+            step: step.to_owned(),
+            attempt: ctx.attempt(),
+            resumed_from,
+        })
     }
 }
 
@@ -270,14 +321,21 @@ pub fn submission(name: &str, plan: Vec<StepDecl>) -> Submission {
 
 /// Opens the store in `state` (keys in `keys`) and an engine with the test
 /// registry over `world`.
-pub fn open(state: &Path, keys: &Path, world: &World, opts: EngineOptions) -> ferry_store::Result<Engine> {
+pub fn open(
+    state: &Path,
+    keys: &Path,
+    world: &World,
+    opts: EngineOptions,
+) -> ferry_store::Result<Engine> {
     let store = Store::open(StoreOptions {
         dir: state.to_owned(),
         mac_key: Key32::load_or_create(&keys.join("audit.key"))?,
         blob_key: Some(Key32::load_or_create(&keys.join("blob.key"))?),
     })?;
     let mut registry = Registry::new();
-    registry.register(Work { world: world.clone() });
+    registry.register(Work {
+        world: world.clone(),
+    });
     Ok(Engine::new(store, registry, opts))
 }
 

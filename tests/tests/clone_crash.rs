@@ -30,55 +30,96 @@ async fn seed(src: &SimCluster) {
     }
 }
 
-fn child(dir: &Path, mode: &str, kubeconfigs: &[PathBuf], failpoint: Option<&str>) -> std::process::Child {
+fn child(
+    dir: &Path,
+    mode: &str,
+    kubeconfigs: &[PathBuf],
+    failpoint: Option<&str>,
+) -> std::process::Child {
     let mut cmd = Command::new(CHILD);
-    cmd.arg(dir).arg(mode).arg(dir.join("spec.json")).args(kubeconfigs);
+    cmd.arg(dir)
+        .arg(mode)
+        .arg(dir.join("spec.json"))
+        .args(kubeconfigs);
     if let Some(p) = failpoint {
         cmd.env("FERRY_FAILPOINT", p);
     }
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("child starts")
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("child starts")
 }
 
 async fn case(point: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let src = SimCluster::start(SimOptions { name: "prod".into(), ..SimOptions::default() }).await.unwrap();
-    let dst = SimCluster::start(SimOptions { name: "staging".into(), ..SimOptions::default() }).await.unwrap();
+    let src = SimCluster::start(SimOptions {
+        name: "prod".into(),
+        ..SimOptions::default()
+    })
+    .await
+    .unwrap();
+    let dst = SimCluster::start(SimOptions {
+        name: "staging".into(),
+        ..SimOptions::default()
+    })
+    .await
+    .unwrap();
     seed(&src).await;
     let spec = json!({"name": "shop", "sourceContext": "prod", "destinationContext": "staging", "namespaces": [{"source": "shop", "destination": "shop-copy"}]});
     std::fs::write(dir.join("spec.json"), spec.to_string()).unwrap();
-    let kcs = vec![src.kubeconfig_path().to_owned(), dst.kubeconfig_path().to_owned()];
+    let kcs = vec![
+        src.kubeconfig_path().to_owned(),
+        dst.kubeconfig_path().to_owned(),
+    ];
 
     let mut first = child(dir, "submit", &kcs, Some(point));
     let stderr = first.stderr.take().unwrap();
     let reached = tokio::task::spawn_blocking(move || {
-        BufReader::new(stderr).lines().map_while(Result::ok).any(|l| l.starts_with("FAILPOINT "))
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.starts_with("FAILPOINT "))
     });
-    let reached = tokio::time::timeout(Duration::from_secs(60), reached).await.expect("failpoint in time").unwrap();
+    let reached = tokio::time::timeout(Duration::from_secs(60), reached)
+        .await
+        .expect("failpoint in time")
+        .unwrap();
     let _ = first.kill();
     let _ = first.wait();
     assert!(reached, "failpoint {point} was never reached");
 
     let second = child(dir, "resume", &kcs, None);
-    let out = tokio::task::spawn_blocking(move || second.wait_with_output()).await.unwrap().unwrap();
+    let out = tokio::task::spawn_blocking(move || second.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && stdout.contains(" Succeeded"), "{point}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && stdout.contains(" Succeeded"),
+        "{point}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let doubled: Vec<_> = dst.creates().into_iter().filter(|(_, n)| *n > 1).collect();
     assert!(doubled.is_empty(), "{point}: created twice: {doubled:?}");
-    assert!(dst.create_count("ConfigMap", "shop-copy", "settings") == 1, "{point}");
+    assert!(
+        dst.create_count("ConfigMap", "shop-copy", "settings") == 1,
+        "{point}"
+    );
     src.stop().await;
     dst.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_at_every_step_boundary_and_inside_apply_and_health_the_clone_still_becomes_healthy() {
+async fn killed_at_every_step_boundary_and_inside_apply_and_health_the_clone_still_becomes_healthy()
+{
     for point in [
         "step.start.after@1",      // preflight started
         "step.succeeded.before@1", // preflight done, not yet recorded
         "step.start.after@2",      // namespaces started
         "step.succeeded.before@2", // namespaces made, not yet recorded
         "step.succeeded.after@2",
-        "apply.batch@1",           // inside apply, after its first kind
+        "apply.batch@1", // inside apply, after its first kind
         "apply.batch@4",
         "step.succeeded.before@3", // apply done, not yet recorded
         "health.poll@1",           // inside health

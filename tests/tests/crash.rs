@@ -39,15 +39,19 @@ fn run_until_failpoint(dir: &Path, scenario: &str, point: &str) -> bool {
     let reached = rx.recv_timeout(Duration::from_secs(60)).unwrap_or(false);
     if reached {
         // While the child holds the state dir, nobody else may open it.
-        let err = ferry_store::Store::open(ferry_store::StoreOptions {
+        let Err(err) = ferry_store::Store::open(ferry_store::StoreOptions {
             dir: dir.join("state"),
             mac_key: ferry_store::Key32::from_bytes([0; 32]),
             blob_key: None,
-        })
-        .err()
-        .expect("a second opener is refused");
+        }) else {
+            panic!("a second opener is refused");
+        };
         assert!(matches!(err, ferry_store::Error::Locked { .. }), "{err}");
-        assert!(err.to_string().contains(&dir.join("state").display().to_string()), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&dir.join("state").display().to_string()),
+            "{err}"
+        );
     }
     // SIGKILL: no destructor, no flush, no graceful anything.
     let _ = child.kill();
@@ -60,7 +64,11 @@ fn resume(dir: &Path, scenario: &str) -> String {
         .args([dir.to_str().unwrap(), "resume", scenario])
         .output()
         .expect("child runs");
-    assert!(out.status.success(), "resume failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "resume failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -70,8 +78,15 @@ fn check(scenario: &str, point: &str) {
     let reached = run_until_failpoint(dir, scenario, point);
     assert!(reached, "{scenario}: failpoint {point} was never reached");
     let out = resume(dir, scenario);
-    let expected = if scenario == "happy" { Phase::Succeeded } else { Phase::RolledBack };
-    assert!(out.contains(&format!(" {expected}")), "{scenario} at {point}: {out}");
+    let expected = if scenario == "happy" {
+        Phase::Succeeded
+    } else {
+        Phase::RolledBack
+    };
+    assert!(
+        out.contains(&format!(" {expected}")),
+        "{scenario} at {point}: {out}"
+    );
 
     // Inspect the log and the world in this process.
     let world = World::new(&dir.join("world"));

@@ -9,10 +9,12 @@ use std::path::PathBuf;
 
 use ferry_engine::{Event, Phase, RunState};
 use ferry_store::{Envelope, RunId, genesis_hash};
-use ferry_tests::{World, WorkInput, fast_options, open, submission, work};
+use ferry_tests::{WorkInput, World, fast_options, open, submission, work};
 
 fn path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden").join(format!("{name}.v1.bin"))
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("golden")
+        .join(format!("{name}.v1.bin"))
 }
 
 /// File layout: 16 bytes of run id, then per envelope a u32 LE length and
@@ -45,7 +47,11 @@ fn replay(name: &str) -> RunState {
     let mut prev = genesis_hash(run);
     let mut state = RunState::default();
     for env in &envs {
-        assert_eq!(env.prev_hash, prev, "{name}: chain broken at seq {}", env.seq);
+        assert_eq!(
+            env.prev_hash, prev,
+            "{name}: chain broken at seq {}",
+            env.seq
+        );
         prev = env.hash();
         let event = Event::decode(&env.event).unwrap();
         state.apply(env.seq, env.at_ms, &event).unwrap();
@@ -63,10 +69,40 @@ async fn record() {
         .submit(submission(
             "warned",
             vec![
-                work("preflight", WorkInput { extend: vec!["volume/a".into()], extend_blocks: vec!["apply".into()], ..Default::default() }),
-                work("copy", WorkInput { checkpoints: 2, fail_times: 1, ..Default::default() }).after(&["preflight"]),
-                work("apply", WorkInput { warn: Some("a hook was skipped".into()), ..Default::default() }).after(&["copy"]),
-                work("cleanup", WorkInput { permanent: true, ..Default::default() }).after(&["apply"]).non_critical(),
+                work(
+                    "preflight",
+                    WorkInput {
+                        extend: vec!["volume/a".into()],
+                        extend_blocks: vec!["apply".into()],
+                        ..Default::default()
+                    },
+                ),
+                work(
+                    "copy",
+                    WorkInput {
+                        checkpoints: 2,
+                        fail_times: 1,
+                        ..Default::default()
+                    },
+                )
+                .after(&["preflight"]),
+                work(
+                    "apply",
+                    WorkInput {
+                        warn: Some("a hook was skipped".into()),
+                        ..Default::default()
+                    },
+                )
+                .after(&["copy"]),
+                work(
+                    "cleanup",
+                    WorkInput {
+                        permanent: true,
+                        ..Default::default()
+                    },
+                )
+                .after(&["apply"])
+                .non_critical(),
             ],
         ))
         .await
@@ -75,14 +111,43 @@ async fn record() {
         .submit(submission(
             "rolled",
             vec![
-                work("ns", WorkInput { comp_fail_times: 1, ..Default::default() }),
-                work("apply", WorkInput { permanent: true, ..Default::default() }).after(&["ns"]),
+                work(
+                    "ns",
+                    WorkInput {
+                        comp_fail_times: 1,
+                        ..Default::default()
+                    },
+                ),
+                work(
+                    "apply",
+                    WorkInput {
+                        permanent: true,
+                        ..Default::default()
+                    },
+                )
+                .after(&["ns"]),
             ],
         ))
         .await
         .unwrap();
-    let refused = engine.submit(submission("refused", vec![work("preflight", WorkInput { refuse: true, ..Default::default() })])).await.unwrap();
-    for (name, run) in [("succeeded_with_warnings", warned), ("rolled_back", rolled), ("refused", refused)] {
+    let refused = engine
+        .submit(submission(
+            "refused",
+            vec![work(
+                "preflight",
+                WorkInput {
+                    refuse: true,
+                    ..Default::default()
+                },
+            )],
+        ))
+        .await
+        .unwrap();
+    for (name, run) in [
+        ("succeeded_with_warnings", warned),
+        ("rolled_back", rolled),
+        ("refused", refused),
+    ] {
         engine.wait(run).await.unwrap();
         write_history(name, run, &engine.store().read(run, 0).unwrap());
     }

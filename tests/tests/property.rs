@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 
 use ferry_engine::{Event, Phase, StepDecl};
-use ferry_tests::{World, WorkInput, fast_options, open, submission, work};
+use ferry_tests::{WorkInput, World, fast_options, open, submission, work};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -30,15 +30,37 @@ fn step_spec(index: usize) -> impl Strategy<Value = StepSpec> {
         0u64..30,
         1u32..4,
     )
-        .prop_map(move |(deps, fail_times, permanent, comp_fail_times, comp_permanent, non_critical, sleep_ms, max_attempts)| {
-            let deps: BTreeSet<usize> = if index == 0 { BTreeSet::new() } else { deps.iter().map(|d| d.index(index)).collect() };
-            StepSpec {
-                deps: deps.into_iter().collect(),
-                input: WorkInput { fail_times, permanent, comp_fail_times, comp_permanent, sleep_ms, ..Default::default() },
+        .prop_map(
+            move |(
+                deps,
+                fail_times,
+                permanent,
+                comp_fail_times,
+                comp_permanent,
+                non_critical,
+                sleep_ms,
                 max_attempts,
-                critical: !non_critical,
-            }
-        })
+            )| {
+                let deps: BTreeSet<usize> = if index == 0 {
+                    BTreeSet::new()
+                } else {
+                    deps.iter().map(|d| d.index(index)).collect()
+                };
+                StepSpec {
+                    deps: deps.into_iter().collect(),
+                    input: WorkInput {
+                        fail_times,
+                        permanent,
+                        comp_fail_times,
+                        comp_permanent,
+                        sleep_ms,
+                        ..Default::default()
+                    },
+                    max_attempts,
+                    critical: !non_critical,
+                }
+            },
+        )
 }
 
 fn workflow() -> impl Strategy<Value = Vec<StepSpec>> {
@@ -52,7 +74,9 @@ fn plan(specs: &[StepSpec]) -> Vec<StepDecl> {
         .map(|(i, s)| {
             let deps: Vec<String> = s.deps.iter().map(|d| format!("s{d}")).collect();
             let deps: Vec<&str> = deps.iter().map(String::as_str).collect();
-            let mut d = work(&format!("s{i}"), s.input.clone()).after(&deps).max_attempts(s.max_attempts);
+            let mut d = work(&format!("s{i}"), s.input.clone())
+                .after(&deps)
+                .max_attempts(s.max_attempts);
             d.critical = s.critical;
             d
         })
@@ -64,7 +88,11 @@ fn check(specs: Vec<StepSpec>, crashes: Vec<u64>) -> Result<(), TestCaseError> {
     let state_dir = tmp.path().join("state");
     let keys = tmp.path().join("keys");
     let world = World::new(&tmp.path().join("world"));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
     rt.block_on(async {
         let mut run = None;
         // Each crash aborts the engine after that many more events.
@@ -179,4 +207,3 @@ proptest! {
         check(specs, crashes)?;
     }
 }
-

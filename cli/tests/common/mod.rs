@@ -33,10 +33,19 @@ impl Sim {
             .spawn()
             .expect("ferry sim starts");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert!(line.starts_with(&format!("ready {name} http://127.0.0.1:")), "{line}");
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(
+            line.starts_with(&format!("ready {name} http://127.0.0.1:")),
+            "{line}"
+        );
         let url = line.trim().rsplit(' ').next().unwrap().to_owned();
-        Sim { child, kubeconfig, url }
+        Sim {
+            child,
+            kubeconfig,
+            url,
+        }
     }
 }
 
@@ -50,7 +59,8 @@ impl Drop for Sim {
 impl Sim {
     /// The bearer token from the kubeconfig it wrote.
     pub fn token(&self) -> String {
-        let kc: Value = serde_yaml::from_str(&std::fs::read_to_string(&self.kubeconfig).unwrap()).unwrap();
+        let kc: Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&self.kubeconfig).unwrap()).unwrap();
         kc["users"][0]["user"]["token"].as_str().unwrap().to_owned()
     }
 

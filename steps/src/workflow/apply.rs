@@ -54,17 +54,30 @@ pub struct ApplyOutput {
 async fn wait_established(dest: &crate::cluster::Cluster, name: &str) -> Result<(), StepError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        if let Some(crd) = dest.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", None, name).await? {
+        if let Some(crd) = dest
+            .get(
+                "apiextensions.k8s.io/v1",
+                "CustomResourceDefinition",
+                None,
+                name,
+            )
+            .await?
+        {
             let established = crd
                 .pointer("/status/conditions")
                 .and_then(Value::as_array)
-                .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Established" && c["status"] == "True"));
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == "Established" && c["status"] == "True")
+                });
             if established {
                 return Ok(());
             }
         }
         if tokio::time::Instant::now() > deadline {
-            return Err(StepError::retryable(format!("CustomResourceDefinition {name} is not Established yet")));
+            return Err(StepError::retryable(format!(
+                "CustomResourceDefinition {name} is not Established yet"
+            )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -99,7 +112,11 @@ impl Step for ApplyStep {
                     created.push(format!("{kind} {name}"));
                 }
                 Created::Exists(o) => {
-                    let ours = o.pointer("/metadata/labels").and_then(|l| l.get(RUN_LABEL)).and_then(Value::as_str) == Some(run.as_str());
+                    let ours = o
+                        .pointer("/metadata/labels")
+                        .and_then(|l| l.get(RUN_LABEL))
+                        .and_then(Value::as_str)
+                        == Some(run.as_str());
                     if ours {
                         created.push(format!("{kind} {name}"));
                     } else {
@@ -119,8 +136,10 @@ impl Step for ApplyStep {
                 return Err(StepError::cancelled());
             }
             let calls: Vec<_> = batch.iter().map(|o| dest.apply(o)).collect();
-            let results: Vec<Result<Value, StepError>> =
-                futures::stream::iter(calls).buffer_unordered(CONCURRENCY).collect().await;
+            let results: Vec<Result<Value, StepError>> = futures::stream::iter(calls)
+                .buffer_unordered(CONCURRENCY)
+                .collect()
+                .await;
             for r in results {
                 r?;
                 applied += 1;
@@ -128,10 +147,19 @@ impl Step for ApplyStep {
             ctx.save_checkpoint(&(i + 1), false).await?;
             ferry_engine::failpoint("apply.batch");
         }
-        Ok(ApplyOutput { applied, created, existing })
+        Ok(ApplyOutput {
+            applied,
+            created,
+            existing,
+        })
     }
 
-    async fn compensate(&self, ctx: &CompensateCtx, _input: Value, _output: Option<ApplyOutput>) -> Result<(), StepError> {
+    async fn compensate(
+        &self,
+        ctx: &CompensateCtx,
+        _input: Value,
+        _output: Option<ApplyOutput>,
+    ) -> Result<(), StepError> {
         let spec: CloneSpec = ctx.spec()?;
         let dest = self.env.clusters.get(&spec.destination_context).await?;
         let selector = format!("{RUN_LABEL}={}", ctx.run_id());

@@ -39,9 +39,15 @@ impl CleanupStep {
         for context in contexts {
             let cluster = self.env.clusters.get(&context).await?;
             for (api_version, kind) in TEMPORARY_KINDS {
-                for o in cluster.list_kind(api_version, kind, Some(&selector)).await? {
+                for o in cluster
+                    .list_kind(api_version, kind, Some(&selector))
+                    .await?
+                {
                     let (_, _, ns, name) = ids(&o)?;
-                    if cluster.delete(api_version, kind, ns.as_deref(), &name).await? {
+                    if cluster
+                        .delete(api_version, kind, ns.as_deref(), &name)
+                        .await?
+                    {
                         deleted += 1;
                     }
                 }
@@ -64,8 +70,15 @@ impl Step for CleanupStep {
         self.sweep(&spec, &ctx.run_id().to_string()).await
     }
 
-    async fn compensate(&self, ctx: &CompensateCtx, _input: Value, _output: Option<usize>) -> Result<(), StepError> {
+    async fn compensate(
+        &self,
+        ctx: &CompensateCtx,
+        _input: Value,
+        _output: Option<usize>,
+    ) -> Result<(), StepError> {
         let spec: CloneSpec = ctx.spec()?;
-        self.sweep(&spec, &ctx.run_id().to_string()).await.map(|_| ())
+        self.sweep(&spec, &ctx.run_id().to_string())
+            .await
+            .map(|_| ())
     }
 }

@@ -51,7 +51,10 @@ pub fn workload_ready(o: &Value) -> Option<bool> {
             _ => None,
         };
     }
-    let replicas = o.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+    let replicas = o
+        .pointer("/spec/replicas")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
     match o["kind"].as_str()? {
         "Deployment" => {
             let updated = int(o, "/status/updatedReplicas");
@@ -61,20 +64,32 @@ pub fn workload_ready(o: &Value) -> Option<bool> {
         }
         "StatefulSet" => {
             let ready = int(o, "/status/readyReplicas");
-            let rolling = o.pointer("/spec/updateStrategy/type").and_then(Value::as_str).unwrap_or("RollingUpdate") == "RollingUpdate";
-            let updated_ok = !rolling || int(o, "/status/updatedReplicas") >= replicas || o.pointer("/status/updateRevision") == o.pointer("/status/currentRevision");
+            let rolling = o
+                .pointer("/spec/updateStrategy/type")
+                .and_then(Value::as_str)
+                .unwrap_or("RollingUpdate")
+                == "RollingUpdate";
+            let updated_ok = !rolling
+                || int(o, "/status/updatedReplicas") >= replicas
+                || o.pointer("/status/updateRevision") == o.pointer("/status/currentRevision");
             Some(ready >= replicas && updated_ok)
         }
         "DaemonSet" => {
             let desired = int(o, "/status/desiredNumberScheduled");
-            Some(int(o, "/status/updatedNumberScheduled") >= desired && int(o, "/status/numberAvailable") >= desired)
+            Some(
+                int(o, "/status/updatedNumberScheduled") >= desired
+                    && int(o, "/status/numberAvailable") >= desired,
+            )
         }
         _ => None,
     }
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Step for HealthStep {
@@ -95,14 +110,30 @@ impl Step for HealthStep {
             let mut waiting = Vec::new();
             let mut pvcs = 0;
             for ns in &namespaces {
-                for (api_version, kind) in [("apps/v1", "Deployment"), ("apps/v1", "StatefulSet"), ("apps/v1", "DaemonSet")] {
+                for (api_version, kind) in [
+                    ("apps/v1", "Deployment"),
+                    ("apps/v1", "StatefulSet"),
+                    ("apps/v1", "DaemonSet"),
+                ] {
                     for o in dest.list_kind_in(api_version, kind, ns).await? {
-                        let id = format!("{kind} {ns}/{}", o.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("?"));
-                        if workload_ready(&o) == Some(true) { ready.push(id) } else { waiting.push(id) }
+                        let id = format!(
+                            "{kind} {ns}/{}",
+                            o.pointer("/metadata/name")
+                                .and_then(Value::as_str)
+                                .unwrap_or("?")
+                        );
+                        if workload_ready(&o) == Some(true) {
+                            ready.push(id)
+                        } else {
+                            waiting.push(id)
+                        }
                     }
                 }
                 for pvc in dest.list_kind_in("v1", "PersistentVolumeClaim", ns).await? {
-                    let name = pvc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("?");
+                    let name = pvc
+                        .pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("?");
                     if pvc.pointer("/status/phase").and_then(Value::as_str) == Some("Bound") {
                         pvcs += 1;
                     } else {
@@ -112,16 +143,19 @@ impl Step for HealthStep {
             }
             ferry_engine::failpoint("health.poll");
             if waiting.is_empty() {
-                return Ok(HealthOutput { workloads: ready, pvcs });
+                return Ok(HealthOutput {
+                    workloads: ready,
+                    pvcs,
+                });
             }
             // Say what is not ready before the engine's deadline stops us.
-            if let Some(deadline) = ctx.deadline_ms() {
-                if now_ms() + poll.as_millis() as u64 >= deadline {
-                    return Err(StepError::permanent(format!(
-                        "the destination did not become healthy before its deadline; not ready: {}",
-                        waiting.join(", ")
-                    )));
-                }
+            if let Some(deadline) = ctx.deadline_ms()
+                && now_ms() + poll.as_millis() as u64 >= deadline
+            {
+                return Err(StepError::permanent(format!(
+                    "the destination did not become healthy before its deadline; not ready: {}",
+                    waiting.join(", ")
+                )));
             }
             tokio::select! {
                 _ = tokio::time::sleep(poll) => {}
@@ -130,7 +164,12 @@ impl Step for HealthStep {
         }
     }
 
-    async fn compensate(&self, _ctx: &CompensateCtx, _input: Value, _output: Option<HealthOutput>) -> Result<(), StepError> {
+    async fn compensate(
+        &self,
+        _ctx: &CompensateCtx,
+        _input: Value,
+        _output: Option<HealthOutput>,
+    ) -> Result<(), StepError> {
         Ok(())
     }
 }

@@ -100,17 +100,33 @@ impl CloneWorkflow {
     /// Registers every clone step type.
     pub fn register(&self, registry: &mut Registry) {
         registry
-            .register(PreflightStep { env: self.env.clone() })
-            .register(NamespacesStep { env: self.env.clone() })
-            .register(ApplyStep { env: self.env.clone() })
-            .register(HealthStep { env: self.env.clone() })
-            .register(CleanupStep { env: self.env.clone() });
+            .register(PreflightStep {
+                env: self.env.clone(),
+            })
+            .register(NamespacesStep {
+                env: self.env.clone(),
+            })
+            .register(ApplyStep {
+                env: self.env.clone(),
+            })
+            .register(HealthStep {
+                env: self.env.clone(),
+            })
+            .register(CleanupStep {
+                env: self.env.clone(),
+            });
     }
 
     /// The submission of a clone: its spec and the one-step initial plan.
     pub fn submission(spec: &CloneSpec) -> Result<Submission, StepError> {
-        let spec_json = Json::encode(spec).map_err(|e| StepError::permanent(format!("spec does not encode: {e}")))?;
-        Ok(Submission { name: spec.name.clone(), workflow: WORKFLOW.into(), spec: spec_json, plan: vec![preflight_decl()] })
+        let spec_json = Json::encode(spec)
+            .map_err(|e| StepError::permanent(format!("spec does not encode: {e}")))?;
+        Ok(Submission {
+            name: spec.name.clone(),
+            workflow: WORKFLOW.into(),
+            spec: spec_json,
+            plan: vec![preflight_decl()],
+        })
     }
 }
 
@@ -129,7 +145,10 @@ impl DryRunAnswer {
     pub fn render_text(&self) -> String {
         let mut s = crate::dryrun::render_text(&self.plan);
         if !self.refusals.is_empty() {
-            s.push_str(&format!("\nThe clone would be REFUSED ({} reason(s)):\n", self.refusals.len()));
+            s.push_str(&format!(
+                "\nThe clone would be REFUSED ({} reason(s)):\n",
+                self.refusals.len()
+            ));
             for r in &self.refusals {
                 s.push_str(&format!("  - {r}\n"));
             }
@@ -142,9 +161,11 @@ impl CloneWorkflow {
     /// What a clone of `spec` would do: reads both clusters, writes nothing
     /// anywhere (not even ferry's log).
     pub async fn dry_run(&self, spec: &CloneSpec) -> Result<DryRunAnswer, StepError> {
-        spec.validate().map_err(|e| StepError::permanent(format!("invalid spec: {e}")))?;
+        spec.validate()
+            .map_err(|e| StepError::permanent(format!("invalid spec: {e}")))?;
         let (prepared, refusals) = preflight_step::gather(&self.env, spec).await?;
-        let plan = crate::dryrun::dry_run(spec, &prepared.inventory, &prepared.report, &prepared.plan);
+        let plan =
+            crate::dryrun::dry_run(spec, &prepared.inventory, &prepared.report, &prepared.plan);
         Ok(DryRunAnswer { plan, refusals })
     }
 }
@@ -171,14 +192,23 @@ fn preflight_decl() -> StepDecl {
 pub(crate) const DEPENDENCY_KINDS: &[(&str, &str)] = &[
     ("apiextensions.k8s.io/v1", "CustomResourceDefinition"),
     ("networking.k8s.io/v1", "IngressClass"),
-    ("admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration"),
-    ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration"),
+    (
+        "admissionregistration.k8s.io/v1",
+        "ValidatingWebhookConfiguration",
+    ),
+    (
+        "admissionregistration.k8s.io/v1",
+        "MutatingWebhookConfiguration",
+    ),
     ("rbac.authorization.k8s.io/v1", "ClusterRole"),
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"),
 ];
 
 /// Reads and decrypts the bundle.
 pub(crate) fn load_bundle(store: &ferry_store::Store, blob: &BlobRef) -> Result<Bundle, StepError> {
-    let bytes = store.get_blob(blob).map_err(|e| StepError::permanent(format!("bundle blob: {e}")))?;
-    serde_json::from_slice(&bytes).map_err(|e| StepError::permanent(format!("bundle does not decode: {e}")))
+    let bytes = store
+        .get_blob(blob)
+        .map_err(|e| StepError::permanent(format!("bundle blob: {e}")))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| StepError::permanent(format!("bundle does not decode: {e}")))
 }

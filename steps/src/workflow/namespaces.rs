@@ -31,7 +31,9 @@ pub struct NamespacesStep {
 }
 
 fn run_label(o: &Value) -> Option<&str> {
-    o.pointer("/metadata/labels").and_then(|l| l.get(RUN_LABEL)).and_then(Value::as_str)
+    o.pointer("/metadata/labels")
+        .and_then(|l| l.get(RUN_LABEL))
+        .and_then(Value::as_str)
 }
 
 impl Step for NamespacesStep {
@@ -50,7 +52,11 @@ impl Step for NamespacesStep {
         let run = ctx.run_id().to_string();
         let mut made = Vec::new();
         for ns in &bundle.namespaces {
-            let name = ns.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_owned();
+            let name = ns
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
             match dest.create_if_absent(ns).await? {
                 Created::Created(_) => {}
                 Created::Exists(existing) if run_label(&existing) == Some(run.as_str()) => {}
@@ -66,18 +72,25 @@ impl Step for NamespacesStep {
         Ok(made)
     }
 
-    async fn compensate(&self, ctx: &CompensateCtx, _input: Value, _output: Option<Vec<String>>) -> Result<(), StepError> {
+    async fn compensate(
+        &self,
+        ctx: &CompensateCtx,
+        _input: Value,
+        _output: Option<Vec<String>>,
+    ) -> Result<(), StepError> {
         let spec: CloneSpec = ctx.spec()?;
         let dest = self.env.clusters.get(&spec.destination_context).await?;
         let run = ctx.run_id().to_string();
         let mut deleting = Vec::new();
         for m in &spec.namespaces {
-            let name = spec.destination_of(&m.source).unwrap_or_else(|| m.source.clone());
-            if let Some(ns) = dest.get("v1", "Namespace", None, &name).await? {
-                if run_label(&ns) == Some(run.as_str()) {
-                    dest.delete("v1", "Namespace", None, &name).await?;
-                    deleting.push(name);
-                }
+            let name = spec
+                .destination_of(&m.source)
+                .unwrap_or_else(|| m.source.clone());
+            if let Some(ns) = dest.get("v1", "Namespace", None, &name).await?
+                && run_label(&ns) == Some(run.as_str())
+            {
+                dest.delete("v1", "Namespace", None, &name).await?;
+                deleting.push(name);
             }
         }
         // Wait until they are gone, so "rolled back" means nothing is left.
@@ -85,7 +98,9 @@ impl Step for NamespacesStep {
         for name in deleting {
             while dest.get("v1", "Namespace", None, &name).await?.is_some() {
                 if tokio::time::Instant::now() > deadline {
-                    return Err(StepError::retryable(format!("namespace {name} is still terminating")));
+                    return Err(StepError::retryable(format!(
+                        "namespace {name} is still terminating"
+                    )));
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

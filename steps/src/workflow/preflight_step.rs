@@ -10,8 +10,8 @@ use serde_json::Value;
 use super::{Bundle, CloneEnv, PreflightOutput, decl};
 use crate::cluster::Cluster;
 use crate::plan::StepKind;
-use crate::prepare::{Prepared, prepare};
 use crate::preflight::DestinationFacts;
+use crate::prepare::{Prepared, prepare};
 use crate::spec::CloneSpec;
 use crate::transform::{TransformContext, transform_inventory};
 
@@ -24,8 +24,14 @@ const CLUSTER_KINDS: &[(&str, &str)] = &[
     ("snapshot.storage.k8s.io/v1", "VolumeSnapshotClass"),
     ("apiextensions.k8s.io/v1", "CustomResourceDefinition"),
     ("networking.k8s.io/v1", "IngressClass"),
-    ("admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration"),
-    ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration"),
+    (
+        "admissionregistration.k8s.io/v1",
+        "ValidatingWebhookConfiguration",
+    ),
+    (
+        "admissionregistration.k8s.io/v1",
+        "MutatingWebhookConfiguration",
+    ),
     ("rbac.authorization.k8s.io/v1", "ClusterRole"),
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"),
 ];
@@ -33,41 +39,55 @@ const CLUSTER_KINDS: &[(&str, &str)] = &[
 /// Reads both clusters and checks every rule: what preflight and the
 /// dry-run share. Writes nothing anywhere. Returns the prepared clone and
 /// every refusal (the rules', and what this build cannot carry yet).
-pub(super) async fn gather(env: &CloneEnv, spec: &CloneSpec) -> Result<(Prepared, Vec<Refusal>), StepError> {
-        let source = env.clusters.get(&spec.source_context).await?;
-        let destination = env.clusters.get(&spec.destination_context).await?;
+pub(super) async fn gather(
+    env: &CloneEnv,
+    spec: &CloneSpec,
+) -> Result<(Prepared, Vec<Refusal>), StepError> {
+    let source = env.clusters.get(&spec.source_context).await?;
+    let destination = env.clusters.get(&spec.destination_context).await?;
 
-        let mut objects = list_cluster_scoped(&source).await?;
-        for m in &spec.namespaces {
-            if source.get("v1", "Namespace", None, &m.source).await?.is_some() {
-                objects.extend(source.list_namespace(&m.source).await?);
-            }
+    let mut objects = list_cluster_scoped(&source).await?;
+    for m in &spec.namespaces {
+        if source
+            .get("v1", "Namespace", None, &m.source)
+            .await?
+            .is_some()
+        {
+            objects.extend(source.list_namespace(&m.source).await?);
         }
-        let facts = DestinationFacts::from_objects(&spec.destination_context, list_cluster_scoped(&destination).await?);
-        let prepared = prepare(spec, objects, &facts, &env.preflight)
-            .map_err(|e| StepError::permanent(format!("preflight: {e}")))?;
+    }
+    let facts = DestinationFacts::from_objects(
+        &spec.destination_context,
+        list_cluster_scoped(&destination).await?,
+    );
+    let prepared = prepare(spec, objects, &facts, &env.preflight)
+        .map_err(|e| StepError::permanent(format!("preflight: {e}")))?;
 
-        let mut refusals: Vec<Refusal> = prepared
-            .report
-            .refusals
-            .iter()
-            .map(|r| Refusal { object: r.object.clone(), rule: format!("{}: {}", r.rule, r.message), fix: r.fix.clone() })
-            .collect();
-        // What this build cannot carry yet is refused, not run half-way.
-        for v in &prepared.report.volumes {
-            refusals.push(Refusal {
+    let mut refusals: Vec<Refusal> = prepared
+        .report
+        .refusals
+        .iter()
+        .map(|r| Refusal {
+            object: r.object.clone(),
+            rule: format!("{}: {}", r.rule, r.message),
+            fix: r.fix.clone(),
+        })
+        .collect();
+    // What this build cannot carry yet is refused, not run half-way.
+    for v in &prepared.report.volumes {
+        refusals.push(Refusal {
                 object: format!("PersistentVolumeClaim {}/{}", v.source_namespace, v.pvc),
                 rule: "volume data cannot be copied by this build of ferry (snapshot and data-mover steps are not built yet)".into(),
                 fix: "exclude PersistentVolumeClaims (and the workloads that mount them) from this clone, or use a ferry build with volume support".into(),
             });
-        }
-        for h in &spec.hooks {
-            refusals.push(Refusal {
-                object: format!("hook {}", h.name),
-                rule: "execution hooks are not supported by this build of ferry".into(),
-                fix: "remove the hooks from the clone".into(),
-            });
-        }
+    }
+    for h in &spec.hooks {
+        refusals.push(Refusal {
+            object: format!("hook {}", h.name),
+            rule: "execution hooks are not supported by this build of ferry".into(),
+            fix: "remove the hooks from the clone".into(),
+        });
+    }
 
     Ok((prepared, refusals))
 }
@@ -117,25 +137,40 @@ impl Step for PreflightStep {
 
         let tctx = TransformContext::new(&spec, &ctx.run_id().to_string(), &ctx.short())
             .map_err(|e| StepError::permanent(format!("transforms: {e}")))?;
-        let transformed = transform_inventory(&tctx, &prepared.inventory).map_err(|e| StepError::permanent(format!("transforms: {e}")))?;
+        let transformed = transform_inventory(&tctx, &prepared.inventory)
+            .map_err(|e| StepError::permanent(format!("transforms: {e}")))?;
         let mut kinds = BTreeMap::new();
         for o in &transformed.objects {
-            *kinds.entry(o["kind"].as_str().unwrap_or("?").to_owned()).or_insert(0) += 1;
+            *kinds
+                .entry(o["kind"].as_str().unwrap_or("?").to_owned())
+                .or_insert(0) += 1;
         }
         // Batches by kind, in dependency order; concurrent within a batch.
-        let key = |o: &Value| {
-            crate::object::ObjectRef {
-                group: crate::object::group(o).to_owned(),
-                kind: o["kind"].as_str().unwrap_or("").to_owned(),
-                namespace: o.pointer("/metadata/namespace").and_then(Value::as_str).map(str::to_owned),
-                name: o.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_owned(),
-            }
+        let key = |o: &Value| crate::object::ObjectRef {
+            group: crate::object::group(o).to_owned(),
+            kind: o["kind"].as_str().unwrap_or("").to_owned(),
+            namespace: o
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            name: o
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned(),
         };
-        let mut by_ref: BTreeMap<crate::object::ObjectRef, Value> =
-            transformed.objects.iter().map(|o| (key(o), o.clone())).collect();
+        let mut by_ref: BTreeMap<crate::object::ObjectRef, Value> = transformed
+            .objects
+            .iter()
+            .map(|o| (key(o), o.clone()))
+            .collect();
         let mut batches: Vec<Vec<Value>> = Vec::new();
         for batch in crate::plan::apply_order(transformed.objects.iter()) {
-            let objs: Vec<Value> = batch.objects.iter().filter_map(|r| by_ref.remove(r)).collect();
+            let objs: Vec<Value> = batch
+                .objects
+                .iter()
+                .filter_map(|r| by_ref.remove(r))
+                .collect();
             if !objs.is_empty() {
                 batches.push(objs);
             }
@@ -145,8 +180,14 @@ impl Step for PreflightStep {
             batches.push(by_ref.into_values().collect());
         }
         let source_pvcs: Vec<Value> = prepared.inventory.pvcs().cloned().collect();
-        let bundle = Bundle { namespaces: transformed.namespaces.clone(), dependencies: transformed.dependencies.clone(), batches, source_pvcs };
-        let bytes = serde_json::to_vec(&bundle).map_err(|e| StepError::permanent(format!("bundle: {e}")))?;
+        let bundle = Bundle {
+            namespaces: transformed.namespaces.clone(),
+            dependencies: transformed.dependencies.clone(),
+            batches,
+            source_pvcs,
+        };
+        let bytes = serde_json::to_vec(&bundle)
+            .map_err(|e| StepError::permanent(format!("bundle: {e}")))?;
         let blob = ctx
             .store()
             .put_blob(ctx.run_id(), &bytes, true)
@@ -154,14 +195,24 @@ impl Step for PreflightStep {
 
         // The rest of the plan, as only preflight can name it.
         let mut steps: Vec<StepDecl> = Vec::new();
-        for s in prepared.plan.steps.iter().filter(|s| s.kind != StepKind::Preflight) {
+        for s in prepared
+            .plan
+            .steps
+            .iter()
+            .filter(|s| s.kind != StepKind::Preflight)
+        {
             let kind = match s.kind {
                 StepKind::Namespaces => "namespaces",
                 StepKind::Apply => "apply",
                 StepKind::Health => "health",
                 StepKind::Cleanup => "cleanup",
                 // Refused above: no volume or hook step reaches here.
-                other => return Err(StepError::permanent(format!("step kind {other:?} ({:?}) is not built", s.path))),
+                other => {
+                    return Err(StepError::permanent(format!(
+                        "step kind {other:?} ({:?}) is not built",
+                        s.path
+                    )));
+                }
             };
             let deps: Vec<&str> = s.depends_on.iter().map(String::as_str).collect();
             let mut d = decl(&s.id, kind, &deps);
@@ -177,18 +228,44 @@ impl Step for PreflightStep {
 
         Ok(PreflightOutput {
             bundle: blob,
-            namespaces: bundle.namespaces.iter().filter_map(|n| n.pointer("/metadata/name").and_then(Value::as_str).map(str::to_owned)).collect(),
+            namespaces: bundle
+                .namespaces
+                .iter()
+                .filter_map(|n| {
+                    n.pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                })
+                .collect(),
             kinds,
             dependencies: bundle
                 .dependencies
                 .iter()
-                .map(|d| format!("{} {}", d["kind"].as_str().unwrap_or("?"), d.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("?")))
+                .map(|d| {
+                    format!(
+                        "{} {}",
+                        d["kind"].as_str().unwrap_or("?"),
+                        d.pointer("/metadata/name")
+                            .and_then(Value::as_str)
+                            .unwrap_or("?")
+                    )
+                })
                 .collect(),
-            warnings: prepared.report.warnings.iter().map(|w| format!("{}: {} ({})", w.object, w.message, w.fix)).collect(),
+            warnings: prepared
+                .report
+                .warnings
+                .iter()
+                .map(|w| format!("{}: {} ({})", w.object, w.message, w.fix))
+                .collect(),
         })
     }
 
-    async fn compensate(&self, _ctx: &CompensateCtx, _input: Value, _output: Option<PreflightOutput>) -> Result<(), StepError> {
+    async fn compensate(
+        &self,
+        _ctx: &CompensateCtx,
+        _input: Value,
+        _output: Option<PreflightOutput>,
+    ) -> Result<(), StepError> {
         // Nothing on any cluster; the bundle blob goes with the run's retention.
         Ok(())
     }

@@ -30,20 +30,33 @@ async fn main() -> anyhow::Result<()> {
     let paths: Vec<PathBuf> = kubeconfigs.iter().map(PathBuf::from).collect();
     let env = CloneEnv {
         clusters: Clusters::from_paths(&paths).map_err(|e| anyhow::anyhow!("{e}"))?,
-        preflight: PreflightConfig::from_settings(Vec::new(), None, Default::default(), None, false)?,
+        preflight: PreflightConfig::from_settings(
+            Vec::new(),
+            None,
+            Default::default(),
+            None,
+            false,
+        )?,
         health_poll: Duration::from_millis(50),
     };
     let mut registry = Registry::new();
     CloneWorkflow::new(env).register(&mut registry);
     let opts = EngineOptions {
-        retry: RetryPolicy { initial: Duration::from_millis(50), max: Duration::from_secs(1), multiplier: 2.0 },
+        retry: RetryPolicy {
+            initial: Duration::from_millis(50),
+            max: Duration::from_secs(1),
+            multiplier: 2.0,
+        },
         checkpoint_interval: Duration::ZERO,
         ..EngineOptions::default()
     };
     let engine = Engine::new(store, registry, opts);
     if mode == "submit" {
-        let spec = CloneSpec::from_json(&std::fs::read_to_string(spec_path).context("spec")?).map_err(|e| anyhow::anyhow!("{e}"))?;
-        engine.submit(CloneWorkflow::submission(&spec).map_err(|e| anyhow::anyhow!("{e}"))?).await?;
+        let spec = CloneSpec::from_json(&std::fs::read_to_string(spec_path).context("spec")?)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        engine
+            .submit(CloneWorkflow::submission(&spec).map_err(|e| anyhow::anyhow!("{e}"))?)
+            .await?;
     }
     let (_, failed) = engine.recover().await?;
     if let Some((run, e)) = failed.first() {

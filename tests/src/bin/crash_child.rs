@@ -7,26 +7,45 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use ferry_tests::{World, WorkInput, fast_options, open, submission, work};
+use ferry_tests::{WorkInput, World, fast_options, open, submission, work};
 
 fn scenario(name: &str) -> anyhow::Result<Vec<ferry_engine::StepDecl>> {
-    let mut inside = WorkInput { checkpoints: 3, ..WorkInput::default() };
+    let mut inside = WorkInput {
+        checkpoints: 3,
+        ..WorkInput::default()
+    };
     inside.failpoint = Some("test.inside".into());
     Ok(match name {
         // preflight extends the plan; copy checkpoints; all succeed.
         "happy" => vec![
-            work("preflight", WorkInput { extend: vec!["vol/a".into(), "vol/b".into()], extend_blocks: vec!["apply".into()], ..Default::default() }),
+            work(
+                "preflight",
+                WorkInput {
+                    extend: vec!["vol/a".into(), "vol/b".into()],
+                    extend_blocks: vec!["apply".into()],
+                    ..Default::default()
+                },
+            ),
             work("ns", WorkInput::default()).after(&["preflight"]),
             work("copy", inside).after(&["ns"]),
             work("apply", WorkInput::default()).after(&["copy"]),
-            work("cleanup", WorkInput::default()).after(&["apply"]).non_critical(),
+            work("cleanup", WorkInput::default())
+                .after(&["apply"])
+                .non_critical(),
         ],
         // apply fails for good: everything that started is rolled back.
         "rollback" => vec![
             work("preflight", WorkInput::default()),
             work("ns", WorkInput::default()).after(&["preflight"]),
             work("copy", inside).after(&["ns"]),
-            work("apply", WorkInput { permanent: true, ..Default::default() }).after(&["copy"]),
+            work(
+                "apply",
+                WorkInput {
+                    permanent: true,
+                    ..Default::default()
+                },
+            )
+            .after(&["copy"]),
             work("health", WorkInput::default()).after(&["apply"]),
         ],
         other => bail!("unknown scenario {other}"),
@@ -41,9 +60,18 @@ async fn main() -> anyhow::Result<()> {
     };
     let dir = PathBuf::from(dir);
     let world = World::new(&dir.join("world"));
-    let engine = open(&dir.join("state"), &dir.join("keys"), &world, fast_options()).context("open")?;
+    let engine = open(
+        &dir.join("state"),
+        &dir.join("keys"),
+        &world,
+        fast_options(),
+    )
+    .context("open")?;
     if mode == "submit" {
-        engine.submit(submission(scenario_name, scenario(scenario_name)?)).await.context("submit")?;
+        engine
+            .submit(submission(scenario_name, scenario(scenario_name)?))
+            .await
+            .context("submit")?;
     }
     let (_, failed) = engine.recover().await?;
     if let Some((run, e)) = failed.first() {
