@@ -7,7 +7,7 @@
 //! unreachable. Output is plain text (no colour, no cursor movement), so
 //! it reads the same in a terminal and in a pipe.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use http_body_util::BodyExt;
@@ -279,6 +279,19 @@ pub async fn events(
     }
     let mut body = reply.body;
     let mut pending: Vec<u8> = Vec::new();
+    // On a terminal, --follow keeps a live line under the rows: the current
+    // step, its attempt, checkpointed bytes, elapsed time. Elsewhere, plain rows.
+    let bar =
+        (follow && output == EventsOutput::Table && std::io::stdout().is_terminal()).then(|| {
+            let pb = indicatif::ProgressBar::new_spinner();
+            pb.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            pb.enable_steady_tick(std::time::Duration::from_millis(120));
+            pb.set_message(format!("clone {name}: waiting for events"));
+            pb
+        });
     let mut out = std::io::stdout().lock();
     if output == EventsOutput::Table {
         writeln!(
@@ -300,7 +313,15 @@ pub async fn events(
                 while let Some(i) = pending.iter().position(|b| *b == b'\n') {
                     let line: Vec<u8> = pending.drain(..=i).collect();
                     if let Ok(v) = serde_json::from_slice::<Value>(&line) {
-                        writeln!(out, "{}", event_row(&v))?;
+                        match &bar {
+                            Some(pb) => {
+                                pb.println(event_row(&v));
+                                if let Some(m) = progress_message(name, &v) {
+                                    pb.set_message(m);
+                                }
+                            }
+                            None => writeln!(out, "{}", event_row(&v))?,
+                        }
                     }
                 }
             }
@@ -308,6 +329,9 @@ pub async fn events(
         out.flush()?;
     }
     drop(out);
+    if let Some(pb) = bar {
+        pb.finish_and_clear();
+    }
     if !follow {
         return Ok(ExitCode::SUCCESS);
     }
@@ -521,6 +545,30 @@ pub fn timestamp(ms: u64) -> String {
         rem % 60,
         ms % 1000
     )
+}
+
+/// The live line for an event of the log: which step runs, and how far.
+fn progress_message(name: &str, line: &Value) -> Option<String> {
+    let (kind, fields) = match &line["event"] {
+        Value::Object(m) => m.iter().next().map(|(k, v)| (k.as_str(), v.clone()))?,
+        Value::String(k) => (k.as_str(), Value::Null),
+        _ => return None,
+    };
+    let step = s(&fields["step"]);
+    Some(match kind {
+        "StepStarted" => format!("clone {name}: {step} (attempt {})", fields["attempt"]),
+        "StepProgress" => {
+            let cp = &fields["checkpoint"];
+            match cp["bytes"].as_u64() {
+                Some(b) => format!("clone {name}: {step} — {:.1} MiB", b as f64 / 1048576.0),
+                None => format!("clone {name}: {step} — checkpoint {cp}"),
+            }
+        }
+        "StepSucceeded" => format!("clone {name}: {step} done"),
+        "StepFailed" => format!("clone {name}: {step} failed, retrying if it can"),
+        "CompensationStarted" => format!("clone {name}: rolling back"),
+        _ => return None,
+    })
 }
 
 /// `ferry clone …`: submits the spec (or, with `dry_run`, asks for the
