@@ -64,61 +64,57 @@ fn open_store(dir: &Path) -> Store {
     .expect("store opens")
 }
 
-fn raw_fdatasync(dir: &Path, n: usize) -> Vec<Duration> {
-    let path = dir.join("raw.log");
-    let mut f = std::fs::OpenOptions::new()
+/// Raw file append+fdatasync, sled alone (insert, flush, fdatasync) and a
+/// store append, one sample of each in turn.
+async fn interleaved(
+    dir: &Path,
+    store: &Store,
+    n: usize,
+) -> (Vec<Duration>, Vec<Duration>, Vec<Duration>) {
+    let mut raw_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&path)
+        .open(dir.join("raw.log"))
         .unwrap();
-    let record = typical_event(1);
-    let mut lat = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        f.write_all(&record).unwrap();
-        f.sync_data().unwrap();
-        lat.push(t.elapsed());
-    }
-    lat.sort();
-    lat
-}
-
-/// sled alone, as ferry would use it at best: one insert, flush, fdatasync.
-fn sled_floor(dir: &Path, n: usize) -> Vec<Duration> {
     let db = sled::open(dir.join("sled-floor")).unwrap();
-    let file = std::fs::File::open(dir.join("sled-floor").join("db")).unwrap();
+    let db_file = std::fs::File::open(dir.join("sled-floor").join("db")).unwrap();
     let record = typical_event(1);
-    let mut lat = Vec::with_capacity(n);
+    let run = RunId::new();
+    let name = format!("single-{}", run.short());
+    let (mut raw, mut floor, mut single) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
     for i in 0..n {
+        let t = Instant::now();
+        raw_file.write_all(&record).unwrap();
+        raw_file.sync_data().unwrap();
+        raw.push(t.elapsed());
+
         let t = Instant::now();
         db.insert((i as u64).to_be_bytes(), record.clone()).unwrap();
         db.flush().unwrap();
-        file.sync_data().unwrap();
-        lat.push(t.elapsed());
-    }
-    lat.sort();
-    lat
-}
+        db_file.sync_data().unwrap();
+        floor.push(t.elapsed());
 
-async fn single_writer(store: &Store, n: u64) -> Vec<Duration> {
-    let run = RunId::new();
-    let mut lat = Vec::with_capacity(n as usize);
-    for seq in 0..n {
         let t = Instant::now();
         store
             .append(
                 run,
-                seq,
-                seq,
-                vec![typical_event(seq)],
-                update(&format!("single-{}", run.short())),
+                i as u64,
+                i as u64,
+                vec![typical_event(i as u64)],
+                update(&name),
             )
             .await
             .unwrap();
-        lat.push(t.elapsed());
+        single.push(t.elapsed());
     }
-    lat.sort();
-    lat
+    raw.sort();
+    floor.sort();
+    single.sort();
+    (raw, floor, single)
 }
 
 async fn concurrent(store: &Store, runs: usize, per_run: u64) -> f64 {
@@ -221,42 +217,21 @@ async fn bench() {
     let dir = tmp.path();
     println!("ferry event log benchmark (dir {})", dir.display());
 
-    let raw = raw_fdatasync(dir, 2000);
+    // The three single-writer measurements are interleaved sample by sample,
+    // so that a shared machine's noise falls on all three alike.
+    let store = open_store(dir);
+    let (raw, floor, single) = interleaved(dir, &store, 2000).await;
     println!(
         "raw append+fdatasync: p50 {:.3} ms  p99 {:.3} ms",
         ms(percentile(&raw, 0.5)),
         ms(percentile(&raw, 0.99))
     );
-
-    let floor = sled_floor(dir, 2000);
     println!(
         "sled floor (insert + flush + fdatasync, no ferry code): p50 {:.3} ms  p99 {:.3} ms",
         ms(percentile(&floor, 0.5)),
         ms(percentile(&floor, 0.99))
     );
-
-    let store = open_store(dir);
-    // The same appends from a current-thread runtime: the difference is the
-    // cost of waking a parked multi-thread worker after the commit.
-    let ct = {
-        let store = store.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(single_writer(&store, 2000))
-        })
-        .join()
-        .unwrap()
-    };
-    println!(
-        "store append (1 writer, current-thread runtime): p50 {:.3} ms  p99 {:.3} ms",
-        ms(percentile(&ct, 0.5)),
-        ms(percentile(&ct, 0.99))
-    );
-    let single = single_writer(&store, 2000).await;
-    let single_rate = 2000.0 / single.iter().map(Duration::as_secs_f64).sum::<f64>();
+    let single_rate = single.len() as f64 / single.iter().map(Duration::as_secs_f64).sum::<f64>();
     println!(
         "store append (1 writer): p50 {:.3} ms  p99 {:.3} ms  ({:.0} durable events/s)",
         ms(percentile(&single, 0.5)),
