@@ -1,0 +1,402 @@
+//! tar -c | upload → bucket → download | tar -x, on a `file://` bucket: trees
+//! equal on every attribute; re-upload dedup; one changed file; corrupt and
+//! missing chunks.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use ferry_mover::{Bucket, Download, Error, Manifest, Upload, UploadOptions};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_bucket_round_trip_keeps_every_attribute() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let src = tmp.path().join("src");
+    make_tree(&src, &TreeSpec::default())?;
+    // The generator made what the test claims to cover.
+    let sparse = fs::metadata(src.join("sparse.img"))?;
+    assert!(
+        sparse.blocks() * 512 < sparse.len() / 8,
+        "sparse file is not sparse"
+    );
+    assert!(fs::metadata(src.join("hard-a"))?.nlink() == 2);
+    let bucket = file_bucket(&tmp.path().join("bucket"))?;
+
+    let out = upload_tree(&bucket, "run-1", "data", &src, UploadOptions::default()).await?;
+    assert!(out.stats.chunks > 1, "{:?}", out.stats);
+    assert_eq!(
+        out.stats.chunks_uploaded + out.stats.chunks_skipped,
+        out.stats.chunks
+    );
+    assert_eq!(out.stats.bytes_read, out.manifest.total_len);
+    // The manifest is in the bucket, where the layout says, and reads back equal.
+    let manifest = bucket.read_manifest("run-1", "data").await?;
+    assert_eq!(manifest, out.manifest);
+    assert!(
+        tmp.path()
+            .join("bucket/install-1/manifests/run-1/data.json")
+            .exists()
+    );
+    let h = manifest.chunks[0].hash.to_hex();
+    assert!(
+        tmp.path()
+            .join(format!("bucket/install-1/chunks/{}/{h}", &h[..2]))
+            .exists()
+    );
+
+    let dst = tmp.path().join("dst");
+    download_tree(&bucket, &manifest, &dst).await?;
+    compare_trees(&src, &dst)?;
+    // The extracted sparse file is sparse again.
+    let sparse = fs::metadata(dst.join("sparse.img"))?;
+    assert!(
+        sparse.blocks() * 512 < sparse.len() / 8,
+        "extracted sparse file is dense"
+    );
+    Ok(())
+}
+
+#[test]
+fn compare_trees_reports_the_first_difference() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let spec = TreeSpec {
+        small_files: 20,
+        large_len: 1 << 16,
+        sparse_len: 1 << 20,
+        ..Default::default()
+    };
+    make_tree(&tmp.path().join("a"), &spec)?;
+    make_tree(&tmp.path().join("b"), &spec)?;
+    compare_trees(&tmp.path().join("a"), &tmp.path().join("b"))?;
+
+    let b = tmp.path().join("b");
+    fs::set_permissions(b.join("hard-a"), fs::Permissions::from_mode(0o600))?;
+    let e = compare_trees(&tmp.path().join("a"), &b)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("hard-") && e.contains("mode"), "{e}");
+    fs::set_permissions(b.join("hard-a"), fs::Permissions::from_mode(0o644))?;
+    fs::remove_file(b.join("dangling"))?;
+    let e = compare_trees(&tmp.path().join("a"), &b)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("dangling"), "{e}");
+    std::os::unix::fs::symlink("/nonexistent/target", b.join("dangling"))?;
+    fs::write(b.join(os(b"caf\xe9-latin1.txt")), b"changed\n")?;
+    let e = compare_trees(&tmp.path().join("a"), &b)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("caf"), "{e}");
+    Ok(())
+}
+
+fn counting_file_bucket(dir: &std::path::Path) -> anyhow::Result<(Bucket, Arc<CountingStore>)> {
+    let base = file_bucket(dir)?;
+    let counting = Arc::new(CountingStore::new(base.store().clone(), Duration::ZERO));
+    Ok((
+        Bucket::from_store(counting.clone(), "install-1").with_retry(fast_retry()),
+        counting,
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reupload_of_unchanged_data_uploads_almost_nothing() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let src = tmp.path().join("src");
+    make_tree(
+        &src,
+        &TreeSpec {
+            large_len: 24 << 20,
+            ..Default::default()
+        },
+    )?;
+    let (bucket, counting) = counting_file_bucket(&tmp.path().join("bucket"))?;
+
+    let first = upload_tree(&bucket, "run-1", "data", &src, UploadOptions::default()).await?;
+    let first_bytes = counting.chunk_put_bytes();
+    assert!(first_bytes > 0);
+
+    // Found by `head`.
+    counting.reset();
+    let second = upload_tree(&bucket, "run-2", "data", &src, UploadOptions::default()).await?;
+    let put = counting.chunk_put_bytes();
+    eprintln!(
+        "first {first_bytes} B stored; second: {put} B put of {} B",
+        second.manifest.total_len
+    );
+    assert!(
+        put as f64 <= 0.01 * second.manifest.total_len as f64,
+        "re-upload put {put} bytes"
+    );
+    assert_eq!(second.stats.chunks_uploaded, 0);
+    assert_eq!(second.manifest.chunks, first.manifest.chunks);
+
+    // Known from the previous manifest: not even a `head`.
+    counting.reset();
+    let opts = UploadOptions {
+        base_manifests: vec![
+            ("run-1".into(), "data".into()),
+            ("gone".into(), "data".into()),
+        ],
+        ..Default::default()
+    };
+    let third = upload_tree(&bucket, "run-3", "data", &src, opts).await?;
+    assert_eq!(counting.chunk_put_bytes(), 0);
+    assert_eq!(third.stats.chunks_skipped, third.stats.chunks);
+    let chunk_heads = counting.heads.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(chunk_heads <= 1, "heads: {chunk_heads}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_changed_file_uploads_only_the_chunks_around_it() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let src = tmp.path().join("src");
+    make_tree(
+        &src,
+        &TreeSpec {
+            large_len: 32 << 20,
+            ..Default::default()
+        },
+    )?;
+    let (bucket, counting) = counting_file_bucket(&tmp.path().join("bucket"))?;
+    let first = upload_tree(&bucket, "run-1", "data", &src, UploadOptions::default()).await?;
+
+    // Change 100 bytes in the middle of the large file, keeping its mtime.
+    let large = src.join("large.bin");
+    let mut data = fs::read(&large)?;
+    let mid = data.len() / 2;
+    data[mid..mid + 100].fill(0xAB);
+    fs::write(&large, &data)?;
+    let t = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_650_000_000);
+    fs::File::open(&large)?.set_times(fs::FileTimes::new().set_modified(t))?;
+
+    counting.reset();
+    let second = upload_tree(&bucket, "run-2", "data", &src, UploadOptions::default()).await?;
+    let s = second.stats;
+    eprintln!(
+        "changed file: {} of {} chunks uploaded, {} of {} raw bytes",
+        s.chunks_uploaded, s.chunks, s.raw_bytes_uploaded, s.bytes_read
+    );
+    assert!(s.chunks_uploaded >= 1 && s.chunks_uploaded <= 3, "{s:?}");
+    assert!(
+        s.raw_bytes_uploaded <= 3 * u64::from(second.manifest.chunker.max),
+        "{s:?}"
+    );
+    assert!(
+        (s.raw_bytes_uploaded as f64) < 0.25 * s.bytes_read as f64,
+        "{s:?}"
+    );
+    assert_eq!(counting.chunk_put_bytes(), s.bytes_uploaded);
+    let shared = second
+        .manifest
+        .chunks
+        .iter()
+        .filter(|c| first.manifest.chunks.contains(c))
+        .count();
+    assert!(shared + 3 >= second.manifest.chunks.len());
+    // And it downloads to the changed tree.
+    let dst = tmp.path().join("dst");
+    download_tree(&bucket, &second.manifest, &dst).await?;
+    compare_trees(&src, &dst)?;
+    Ok(())
+}
+
+async fn small_upload(bucket: &Bucket, volume: &str, len: usize) -> anyhow::Result<Manifest> {
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(len as u64);
+    let data = content(&mut rng, len);
+    let opts = UploadOptions {
+        chunker: ferry_mover::ChunkerParams {
+            min: 16 << 10,
+            avg: 64 << 10,
+            max: 256 << 10,
+        },
+        ..Default::default()
+    };
+    let out = Upload::new(bucket, "run-1", volume)
+        .options(opts)
+        .run(std::io::Cursor::new(data))
+        .await?;
+    Ok(out.manifest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_chunk_is_refused_by_name() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let bucket = file_bucket(&tmp.path().join("bucket"))?;
+    let manifest = small_upload(&bucket, "pgdata", 1 << 20).await?;
+    let victim = manifest.chunks[3].hash;
+    let hex = victim.to_hex();
+    let path = tmp
+        .path()
+        .join(format!("bucket/install-1/chunks/{}/{hex}", &hex[..2]));
+    // A chunk replaced by another valid zstd frame of the same length...
+    let other = zstd::bulk::compress(&vec![7u8; manifest.chunks[3].len as usize], 1)?;
+    fs::write(&path, other)?;
+    let mut sink = Vec::new();
+    let err = Download::new(&bucket, &manifest)
+        .run(&mut sink)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::ChunkCorrupt { hash, volume, .. } if *hash == victim && volume == "pgdata"),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains(&hex) && msg.contains("pgdata"), "{msg}");
+    assert!(!err.is_retryable());
+    // ...and one with flipped bytes.
+    let mut stored = fs::read(&path)?;
+    let n = stored.len();
+    stored[n / 2] ^= 0xFF;
+    stored[n - 1] ^= 0xFF;
+    fs::write(&path, stored)?;
+    let err = Download::new(&bucket, &manifest)
+        .run(Vec::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::ChunkCorrupt { hash, .. } if *hash == victim),
+        "{err}"
+    );
+    // Nothing of the bad chunk or after it was written.
+    let good: u64 = manifest.chunks[..3].iter().map(|c| c.len).sum();
+    assert!(sink.len() as u64 <= good);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_chunk_is_named() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let bucket = file_bucket(&tmp.path().join("bucket"))?;
+    let manifest = small_upload(&bucket, "pgdata", 1 << 20).await?;
+    let victim = manifest.chunks[1].hash;
+    let hex = victim.to_hex();
+    fs::remove_file(
+        tmp.path()
+            .join(format!("bucket/install-1/chunks/{}/{hex}", &hex[..2])),
+    )?;
+    let err = Download::new(&bucket, &manifest)
+        .run(Vec::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::MissingChunk { hash, .. } if *hash == victim),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&hex));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_stream_and_memory_bucket() -> anyhow::Result<()> {
+    let bucket = Bucket::open("memory://", &Default::default())?;
+    let m = small_upload(&bucket, "empty", 0).await?;
+    assert_eq!(m.total_len, 0);
+    assert!(m.chunks.is_empty());
+    let mut out = Vec::new();
+    Download::new(&bucket, &m).run(&mut out).await?;
+    assert!(out.is_empty());
+    let m = small_upload(&bucket, "small", 3).await?;
+    let mut out = Vec::new();
+    let stats = ferry_mover::download(&bucket, "run-1", "small", &mut out).await?;
+    assert_eq!(stats.bytes_written, 3);
+    assert_eq!(out.len(), 3);
+    assert_eq!(m.chunks.len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failing_source_stream_is_a_retryable_read_error() -> anyhow::Result<()> {
+    let bucket = Bucket::open("memory://", &Default::default())?;
+    let failing = tokio_util::io::StreamReader::new(futures::stream::iter(vec![
+        Ok(bytes::Bytes::from(vec![0u8; 100_000])),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "exec stream dropped",
+        )),
+    ]));
+    let err = Upload::new(&bucket, "run-1", "v")
+        .run(failing)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::SourceRead { .. }), "{err}");
+    assert!(err.is_retryable());
+    // No manifest was written.
+    assert!(bucket.read_manifest("run-1", "v").await.is_err());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_come_at_a_bounded_rate_and_progress_after_each_chunk() -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let bucket = Bucket::open("memory://", &Default::default())?;
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(11);
+    let data = content(&mut rng, 4 << 20);
+    let params = ferry_mover::ChunkerParams {
+        min: 16 << 10,
+        avg: 64 << 10,
+        max: 256 << 10,
+    };
+    let (checkpoints, progress) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let last = Arc::new(std::sync::Mutex::new(None));
+    let opts = UploadOptions {
+        chunker: params,
+        checkpoint_interval: Duration::from_secs(3600),
+        ..Default::default()
+    };
+    let (c, p, l) = (checkpoints.clone(), progress.clone(), last.clone());
+    let out = Upload::new(&bucket, "run-1", "v")
+        .options(opts)
+        .on_checkpoint(move |cp| {
+            c.fetch_add(1, Ordering::SeqCst);
+            *l.lock().unwrap() = Some(cp.clone());
+        })
+        .on_progress(move |_| {
+            p.fetch_add(1, Ordering::SeqCst);
+        })
+        .run(std::io::Cursor::new(data.clone()))
+        .await?;
+    // An hour apart: only the final checkpoint.
+    assert_eq!(checkpoints.load(Ordering::SeqCst), 1);
+    assert_eq!(progress.load(Ordering::SeqCst), out.stats.chunks);
+    let cp: ferry_mover::UploadCheckpoint = last.lock().unwrap().clone().unwrap();
+    assert_eq!(cp.bytes_done, data.len() as u64);
+    assert_eq!(cp.chunks_done, out.stats.chunks);
+    // It serializes for the run's log and reads back.
+    let json = serde_json::to_string(&cp)?;
+    assert_eq!(
+        serde_json::from_str::<ferry_mover::UploadCheckpoint>(&json)?,
+        cp
+    );
+    // A checkpoint of another volume is refused.
+    let err = Upload::new(&bucket, "run-1", "other")
+        .resume_from(cp)
+        .run(std::io::Cursor::new(data))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidParams(_)), "{err}");
+    Ok(())
+}
+
+#[test]
+fn bucket_urls() {
+    let err = Bucket::open("ftp://host/x", &Default::default()).unwrap_err();
+    assert!(matches!(err, Error::InvalidUrl { .. }), "{err}");
+    #[cfg(not(feature = "gcp"))]
+    assert!(Bucket::open("gs://bucket/x", &Default::default()).is_err());
+    let b = Bucket::open(
+        "s3://bucket/some/path",
+        &ferry_mover::BucketOptions {
+            prefix: "install-7".into(),
+            store_options: vec![("aws_region".into(), "us-east-1".into())],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(b.prefix().to_string(), "some/path/install-7");
+}
