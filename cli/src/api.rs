@@ -71,11 +71,7 @@ pub struct AppState {
     sources: Mutex<HashMap<RunId, Arc<Vec<String>>>>,
     /// Fires at shutdown: ends `follow` streams so connections can drain.
     pub shutdown: CancellationToken,
-    /// The daemon's configuration.
-    #[expect(
-        dead_code,
-        reason = "kept for handlers that read buckets and limits (gc)"
-    )]
+    /// The daemon's configuration (buckets for gc).
     pub config: Arc<Config>,
     /// The clone workflow: submissions and dry runs.
     pub workflow: CloneWorkflow,
@@ -113,6 +109,7 @@ pub fn router(state: Shared) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi_json))
         .route("/v1/clones", get(list_clones).post(submit_clone))
+        .route("/v1/gc", post(gc_chunks))
         .route("/v1/clones/{name}", get(get_clone).delete(delete_clone))
         .route("/v1/clones/{name}/events", get(clone_events))
         .route("/v1/clones/{name}/cancel", post(cancel_clone))
@@ -718,6 +715,91 @@ async fn submit_clone(
     }
 }
 
+/// `POST /v1/gc[?bucket=NAME][&dryRun=true][&graceSeconds=N]`: deletes
+/// chunks that no manifest references and that are older than the grace
+/// period (default 24 h), unless an upload is running (owner and admin only).
+async fn gc_chunks(
+    State(state): State<Shared>,
+    axum::Extension(who): axum::Extension<Principal>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    let q = query(raw, &["bucket", "dryRun", "graceSeconds"])?;
+    if !who.unrestricted() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "token {:?} may not collect garbage; it is for owners and admins",
+                who.name
+            ),
+        ));
+    }
+    let name = q
+        .get("bucket")
+        .cloned()
+        .or_else(|| state.config.default_bucket.clone())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "bucket",
+                "no bucket named and no default_bucket in the config",
+            )
+        })?;
+    let b = state.config.buckets.get(&name).ok_or_else(|| {
+        let known: Vec<&String> = state.config.buckets.keys().collect();
+        ApiError::bad_request(
+            "bucket",
+            format!("no bucket {name:?} in the config (known: {known:?})"),
+        )
+    })?;
+    let dry_run = match q.get("dryRun").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") | Some("") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "dryRun",
+                format!("{other:?} is not true or false"),
+            ));
+        }
+    };
+    let mut opts = ferry_mover::GcOptions {
+        dry_run,
+        ..Default::default()
+    };
+    if let Some(g) = q.get("graceSeconds") {
+        let secs: u64 = g.parse().map_err(|_| {
+            ApiError::bad_request(
+                "graceSeconds",
+                format!("{g:?} is not a whole number of seconds"),
+            )
+        })?;
+        opts.grace = std::time::Duration::from_secs(secs);
+    }
+    let bucket = crate::workflow::open_bucket(&name, b)
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))?;
+    let report = match ferry_mover::gc(&bucket, &opts).await {
+        Ok(r) => r,
+        Err(ferry_mover::Error::GcRunning { .. }) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "another gc holds the bucket's lock; try again later",
+            ));
+        }
+        Err(e) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                format!("gc of bucket {name}: {e}"),
+            ));
+        }
+    };
+    Ok(axum::Json(json!({
+        "bucket": name, "dryRun": dry_run, "completed": report.completed,
+        "runningUploads": report.running_uploads.len(), "manifests": report.manifests,
+        "chunksSeen": report.chunks_seen, "chunksReferenced": report.chunks_referenced,
+        "chunksSparedYoung": report.chunks_spared_young, "chunksDeleted": report.chunks_deleted,
+        "bytesDeleted": report.bytes_deleted,
+    }))
+    .into_response())
+}
+
 async fn cancel_clone(
     State(state): State<Shared>,
     axum::Extension(who): axum::Extension<Principal>,
@@ -867,6 +949,13 @@ pub fn openapi() -> Value {
                 "responses": map(vec![("200", json!({"description": "Metrics.", "content": {"text/plain": {"schema": {"type": "string"}}}})), ("401", err("No or unknown bearer token (TCP only)."))])}},
             "/v1/openapi.json": {"get": {"operationId": "openapi", "summary": "This document.",
                 "responses": map(vec![("200", json!({"description": "The OpenAPI document.", "content": {"application/json": {"schema": {"type": "object"}}}})), ("401", err("No or unknown bearer token (TCP only)."))])}},
+            "/v1/gc": {"post": {"operationId": "gc", "summary": "Deletes bucket chunks no manifest references, older than the grace period, unless an upload runs. Owner and admin only.",
+                "parameters": [
+                    {"name": "bucket", "in": "query", "required": false, "description": "A configured bucket (default: default_bucket).", "schema": {"type": "string"}},
+                    {"name": "dryRun", "in": "query", "required": false, "description": "Count only; delete nothing.", "schema": {"type": "boolean"}},
+                    {"name": "graceSeconds", "in": "query", "required": false, "description": "Spare chunks younger than this (default 86400).", "schema": {"type": "integer"}}
+                ],
+                "responses": common(map(vec![("200", ok("The report.", "GcReport")), ("403", err("Not an owner or admin.")), ("409", err("Another gc is running.")), ("502", err("The bucket could not be read or written."))]))}},
             "/v1/clones": {"post": {"operationId": "submitClone", "summary": "Submits a clone (the spec as JSON); with dryRun=true answers the plan, warnings and refusals and writes nothing.",
                 "parameters": [{"name": "dryRun", "in": "query", "required": false, "description": "Answer the plan; write nothing.", "schema": {"type": "boolean"}}],
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CloneSpec"}}}},
@@ -906,6 +995,9 @@ pub fn openapi() -> Value {
                     "transforms": {"type": "array", "items": {"type": "object"}}, "healthDeadlineSeconds": {"type": "integer"}}},
                 "DryRun": {"type": "object", "properties": {"name": {"type": "string"}, "dryRun": {"type": "boolean"}, "refused": {"type": "boolean"},
                     "plan": {"type": "object"}, "refusals": {"type": "array", "items": {"type": "object"}}, "text": {"type": "string"}}},
+                "GcReport": {"type": "object", "properties": {"bucket": {"type": "string"}, "dryRun": {"type": "boolean"}, "completed": {"type": "boolean"},
+                    "runningUploads": {"type": "integer"}, "manifests": {"type": "integer"}, "chunksSeen": {"type": "integer"}, "chunksReferenced": {"type": "integer"},
+                    "chunksSparedYoung": {"type": "integer"}, "chunksDeleted": {"type": "integer"}, "bytesDeleted": {"type": "integer"}}},
                 "Submitted": {"type": "object", "properties": {"name": {"type": "string"}, "run": {"type": "string"}, "phase": {"type": "string"}, "message": {"type": "string"}}},
                 "Health": {"type": "object", "properties": {"status": {"type": "string"}, "clones": {"type": "integer"}, "notResumable": {"type": "integer"}, "message": {"type": "string"}}},
                 "CloneSummary": {"type": "object", "required": ["name", "run", "phase", "terminal", "events"], "properties": {

@@ -571,6 +571,38 @@ fn progress_message(name: &str, line: &Value) -> Option<String> {
     })
 }
 
+/// `ferry gc`: the daemon collects unreferenced chunks in a bucket.
+pub async fn gc(c: &Client, params: &str, output: Output) -> anyhow::Result<ExitCode> {
+    let path = if params.is_empty() {
+        "/v1/gc".to_owned()
+    } else {
+        format!("/v1/gc?{params}")
+    };
+    let v = c.json(http::Method::POST, &path, None).await?;
+    print(&v, output, |v| {
+        format!(
+            "bucket {}: {} chunks seen, {} referenced, {} spared (younger than the grace period), {} deleted ({} bytes){}{}\n",
+            s(&v["bucket"]),
+            v["chunksSeen"],
+            v["chunksReferenced"],
+            v["chunksSparedYoung"],
+            v["chunksDeleted"],
+            v["bytesDeleted"],
+            if v["dryRun"].as_bool() == Some(true) {
+                " — dry run, nothing deleted"
+            } else {
+                ""
+            },
+            if v["completed"].as_bool() == Some(false) {
+                "; stopped early: an upload is running, run gc again later"
+            } else {
+                ""
+            },
+        )
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `ferry clone …`: submits the spec (or, with `dry_run`, asks for the
 /// plan); with `wait`, follows the clone to its end and exits with its
 /// outcome (0 Healthy, 1 rolled back or failed, 2 Refused).

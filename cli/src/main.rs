@@ -78,6 +78,21 @@ enum Command {
     Daemon(DaemonArgs),
     /// Clones an application: namespaces, resources and volume data.
     Clone(Box<CloneArgs>),
+    /// Deletes bucket chunks that no clone's manifest references.
+    Gc {
+        /// The bucket (default: the config's default bucket).
+        #[arg(long)]
+        bucket: Option<String>,
+        /// Count only; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Spare chunks younger than this: 90s, 10m, 24h (default 24h).
+        #[arg(long)]
+        grace: Option<String>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Everything on simulated clusters: two clusters, an app, its clone.
     Demo {
         /// Keep the state dir, kubeconfigs and bucket here instead of a temp dir.
@@ -273,12 +288,12 @@ fn parse_duration_secs(d: &str) -> anyhow::Result<u64> {
     let (num, unit) = d.split_at(d.find(|c: char| !c.is_ascii_digit()).unwrap_or(d.len()));
     let n: u64 = num
         .parse()
-        .map_err(|_| anyhow::anyhow!("--health-timeout {d:?}: write 90s, 10m or 1h"))?;
+        .map_err(|_| anyhow::anyhow!("duration {d:?}: write 90s, 10m or 1h"))?;
     Ok(match unit {
         "" | "s" => n,
         "m" => n * 60,
         "h" => n * 3600,
-        _ => anyhow::bail!("--health-timeout {d:?}: write 90s, 10m or 1h"),
+        _ => anyhow::bail!("duration {d:?}: write 90s, 10m or 1h"),
     })
 }
 
@@ -443,6 +458,30 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Demo { dir } => demo::run(dir).await,
+        Command::Gc {
+            bucket,
+            dry_run,
+            grace,
+            output,
+        } => {
+            let mut params = Vec::new();
+            if let Some(b) = bucket {
+                params.push(format!("bucket={}", client::segment(&b)));
+            }
+            if dry_run {
+                params.push("dryRun=true".to_owned());
+            }
+            if let Some(g) = grace {
+                match parse_duration_secs(&g) {
+                    Ok(s) => params.push(format!("graceSeconds={s}")),
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        return Ok(ExitCode::from(commands::exit::USAGE));
+                    }
+                }
+            }
+            commands::gc(&client(&conn)?, &params.join("&"), output).await
+        }
         Command::Sim(args) => {
             ferry_sim::serve_until_killed(args).await?;
             Ok(ExitCode::SUCCESS)

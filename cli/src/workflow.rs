@@ -120,3 +120,27 @@ pub fn clone_workflow(config: &Config, kubeconfigs: &[PathBuf]) -> anyhow::Resul
         health_poll: Duration::from_secs(1),
     }))
 }
+
+/// The prefix under which this installation keeps chunks and manifests in
+/// every bucket (`<prefix>/chunks/…`, `<prefix>/manifests/…`).
+pub const BUCKET_PREFIX: &str = "ferry";
+
+/// Opens the configured bucket `name`.
+pub fn open_bucket(name: &str, b: &crate::config::Bucket) -> anyhow::Result<ferry_mover::Bucket> {
+    let mut store_options = Vec::new();
+    if let Some(e) = &b.endpoint {
+        store_options.push(("aws_endpoint".to_owned(), e.clone()));
+    }
+    if let Some(r) = &b.region {
+        store_options.push(("aws_region".to_owned(), r.clone()));
+    }
+    if b.allow_http {
+        store_options.push(("aws_allow_http".to_owned(), "true".to_owned()));
+    }
+    let options = ferry_mover::BucketOptions {
+        prefix: BUCKET_PREFIX.to_owned(),
+        store_options,
+        ..Default::default()
+    };
+    ferry_mover::Bucket::open(&b.url, &options).map_err(|e| anyhow::anyhow!("bucket {name}: {e}"))
+}

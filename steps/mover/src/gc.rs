@@ -369,8 +369,12 @@ async fn gc_locked(bucket: &Bucket, opts: &GcOptions, lock: &GcLock) -> Result<G
         if opts.dry_run {
             continue;
         }
-        futures::stream::iter(batch.iter())
-            .map(|m| bucket.delete(&m.location))
+        // The futures are made up front: a closure borrowing each item inside
+        // the stream would keep this future from being `Send` for every
+        // lifetime (rustc's higher-ranked closure limitation), and the daemon
+        // runs gc on its multi-thread runtime.
+        let deletes: Vec<_> = batch.iter().map(|m| bucket.delete(&m.location)).collect();
+        futures::stream::iter(deletes)
             .buffer_unordered(opts.concurrency.max(1))
             .try_collect::<Vec<()>>()
             .await?;
