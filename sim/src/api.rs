@@ -168,8 +168,8 @@ pub async fn handle(server: Arc<Server>, req: Request) -> Response {
         None => (parts.uri.path().to_string(), None),
     };
     let query = Query::parse(parts.uri.query());
-    let headers = parts.headers;
-    let method = parts.method;
+    let headers = parts.headers.clone();
+    let method = parts.method.clone();
 
     match path.as_str() {
         "/version" | "/version/" => return json_response(200, &discovery::version(server.minor)),
@@ -195,6 +195,16 @@ pub async fn handle(server: Arc<Server>, req: Request) -> Response {
             return error_response(&e);
         }
     };
+    if let Some((ns, pod)) = exec_target(&path) {
+        server.requests.fetch_add(1, Ordering::Relaxed);
+        if method != Method::GET && method != Method::POST {
+            return error_response(&ApiError::method_not_allowed(method.as_str(), "pods/exec"));
+        }
+        return match crate::exec::handle(server.clone(), parts, &ns, &pod).await {
+            Ok(r) => r,
+            Err(e) => error_response(&e),
+        };
+    }
     if let Some(rest) = path.strip_prefix("/sim/v1") {
         return sim_endpoint(&server, &method, rest, &body);
     }
@@ -222,6 +232,17 @@ pub async fn handle(server: Arc<Server>, req: Request) -> Response {
     match dispatch(&server, &path, req).await {
         Ok(r) => r,
         Err(e) => error_response(&e),
+    }
+}
+
+/// `/api/v1/namespaces/{ns}/pods/{name}/exec` → (ns, name).
+fn exec_target(path: &str) -> Option<(String, String)> {
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segs.as_slice() {
+        ["api", "v1", "namespaces", ns, "pods", name, "exec"] => {
+            Some((ns.to_string(), name.to_string()))
+        }
+        _ => None,
     }
 }
 

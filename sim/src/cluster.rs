@@ -78,6 +78,13 @@ pub struct SimOptions {
     pub bookmark_interval: Duration,
     /// Initial fault injection.
     pub faults: FaultConfig,
+    /// How long a pod stays Pending once it is scheduled and its claims are
+    /// bound, before it is Running and Ready.
+    pub pod_ready_delay: Duration,
+    /// The StorageClasses, VolumeSnapshotClasses and IngressClasses the
+    /// cluster starts with, replacing
+    /// [`storage::default_objects`](crate::storage::default_objects) when set.
+    pub cluster_objects: Option<Vec<serde_json::Value>>,
 }
 
 impl Default for SimOptions {
@@ -91,6 +98,8 @@ impl Default for SimOptions {
             event_history: 10_000,
             bookmark_interval: Duration::from_secs(10),
             faults: FaultConfig::default(),
+            pod_ready_delay: Duration::from_millis(100),
+            cluster_objects: None,
         }
     }
 }
@@ -193,8 +202,11 @@ impl SimCluster {
         })?;
         let url = format!("http://127.0.0.1:{}", addr.port());
 
-        let state = Arc::new(State::new(opts.event_history));
-        bootstrap(&state);
+        let mut state = State::new(opts.event_history);
+        state.runtime.pod_ready_delay = opts.pod_ready_delay;
+        state.runtime.data_dir = data_dir.clone();
+        let state = Arc::new(state);
+        bootstrap(&state, opts.cluster_objects.as_deref());
         let cancel = CancellationToken::new();
         let server = Arc::new(Server {
             state: state.clone(),
@@ -206,10 +218,16 @@ impl SimCluster {
             requests: AtomicU64::new(0),
             user_agents: Default::default(),
         });
-        let tasks = controllers::builtin()
+        let mut tasks: Vec<JoinHandle<()>> = controllers::builtin()
             .into_iter()
             .map(|c| controllers::spawn(state.clone(), cancel.clone(), c))
             .collect();
+        tasks.push(controllers::spawn_ticking(
+            state.clone(),
+            cancel.clone(),
+            Duration::from_millis(20),
+            crate::workloads::kubelet_tick,
+        ));
 
         let app_server = server.clone();
         let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
@@ -368,7 +386,7 @@ impl Drop for SimCluster {
 }
 
 /// The objects a new cluster starts with.
-fn bootstrap(state: &State) {
+fn bootstrap(state: &State, cluster_objects: Option<&[serde_json::Value]>) {
     let opts = WriteOpts {
         manager: "kube-apiserver".into(),
         ..Default::default()
@@ -385,15 +403,35 @@ fn bootstrap(state: &State) {
     // The namespace controller's first resync adds the ServiceAccounts and
     // ConfigMaps; do it here too so they exist as soon as `start` returns.
     controllers::namespace_defaults(state, None);
-    if let Some(sc) = state
-        .registry
-        .lookup("storage.k8s.io", "v1", "storageclasses")
-    {
-        let obj = json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-            "metadata": {"name": "standard", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
-            "provisioner": "sim.ferry.dev/hostpath", "reclaimPolicy": "Delete", "volumeBindingMode": "Immediate"});
-        state.store.transact(|txn| {
-            let _ = state.create(txn, &sc, None, obj, &opts);
-        });
-    }
+    // StorageClasses, VolumeSnapshotClasses and the IngressClass.
+    let objects = cluster_objects
+        .map(<[serde_json::Value]>::to_vec)
+        .unwrap_or_else(crate::storage::default_objects);
+    state.store.transact(|txn| {
+        for obj in objects {
+            let (group, version) = match obj
+                .get("apiVersion")
+                .and_then(|v| v.as_str())
+                .unwrap_or("v1")
+                .split_once('/')
+            {
+                Some((g, v)) => (g.to_string(), v.to_string()),
+                None => (String::new(), "v1".to_string()),
+            };
+            let kind = obj.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+            let Some(info) = state
+                .registry
+                .in_group_version(&group, &version)
+                .into_iter()
+                .find(|i| i.kind == kind)
+            else {
+                tracing::warn!(kind, "unknown kind in the cluster's initial objects");
+                continue;
+            };
+            let ns = info.namespaced.then_some("default");
+            if let Err(e) = state.create(txn, &info, ns, obj, &opts) {
+                tracing::warn!(error = ?e, "initial object refused");
+            }
+        }
+    });
 }

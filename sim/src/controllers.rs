@@ -2,10 +2,11 @@
 //!
 //! Each controller is a function called with every [`StoreEvent`] (and with
 //! `None` for a full resync: at start and whenever it fell behind the
-//! broadcast). This part has three: namespace lifecycle (termination and
-//! finalize), the per-namespace `default` ServiceAccount and
-//! `kube-root-ca.crt` publisher, and the ownerReference garbage collector.
-//! Part 2 adds storage and workload controllers the same way.
+//! broadcast). Here: namespace lifecycle (termination and finalize), the
+//! per-namespace `default` ServiceAccount and `kube-root-ca.crt` publisher,
+//! and the ownerReference garbage collector. [`builtin`] adds the workload
+//! controllers ([`crate::workloads`]) and the PV/PVC/snapshot controller
+//! ([`crate::storage`]); the kubelet runs on a timer ([`spawn_ticking`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -41,9 +42,35 @@ pub fn spawn(state: Arc<State>, cancel: CancellationToken, reconcile: Reconcile)
     })
 }
 
-/// The controllers of part 1.
+/// Run `tick` every `period` until `cancel` fires (the kubelet's timers).
+pub fn spawn_ticking(
+    state: Arc<State>,
+    cancel: CancellationToken,
+    period: std::time::Duration,
+    tick: fn(&State),
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut iv = tokio::time::interval(period);
+        iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = iv.tick() => tick(&state),
+            }
+        }
+    })
+}
+
+/// The controllers: namespace lifecycle and defaults, garbage collection,
+/// workloads, storage (PV/PVC) and snapshots.
 pub fn builtin() -> Vec<Reconcile> {
-    vec![namespace_lifecycle, namespace_defaults, garbage_collector]
+    vec![
+        namespace_lifecycle,
+        namespace_defaults,
+        garbage_collector,
+        crate::workloads::workloads,
+        crate::storage::storage,
+    ]
 }
 
 fn ns_gr() -> GroupResource {

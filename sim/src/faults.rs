@@ -44,6 +44,9 @@ pub struct FaultConfig {
     pub latency_ms: u64,
     /// End every watch stream abruptly after this many events.
     pub drop_watch_after: Option<u64>,
+    /// Cut every pod exec stream abruptly (no status, no close frame) once
+    /// this many output bytes were sent.
+    pub drop_exec_after: Option<u64>,
 }
 
 /// What a matching rule decided for one request.
@@ -121,6 +124,16 @@ impl Faults {
     /// Events after which a watch is dropped.
     pub fn drop_watch_after(&self) -> Option<u64> {
         self.lock().config.drop_watch_after
+    }
+
+    /// Count one injected fault (a cut exec stream).
+    pub fn count_injected(&self) {
+        self.lock().injected += 1;
+    }
+
+    /// The exec stream cut-off, if any.
+    pub fn drop_exec_after(&self) -> Option<u64> {
+        self.lock().config.drop_exec_after
     }
 
     /// Decide whether this request fails.

@@ -24,6 +24,8 @@ pub struct State {
     pub registry: Registry,
     /// Next ClusterIP host number for Services.
     next_ip: AtomicU32,
+    /// Settings and timers of the part-2 controllers.
+    pub runtime: crate::ctl::Runtime,
 }
 
 /// Which part of an object a write targets.
@@ -279,6 +281,7 @@ impl State {
             store: Store::new(history),
             registry: Registry::new(),
             next_ip: AtomicU32::new(10),
+            runtime: crate::ctl::Runtime::default(),
         }
     }
 
@@ -417,8 +420,19 @@ impl State {
                     set_default(obj, "spec.ipFamilyPolicy", json!("SingleStack"));
                     set_default(obj, "spec.internalTrafficPolicy", json!("Cluster"));
                 }
+                let node_ports = matches!(
+                    get_path(obj, "spec.type").and_then(Value::as_str),
+                    Some("NodePort" | "LoadBalancer")
+                );
                 if let Some(ports) = obj.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
                     for p in ports.iter_mut().filter(|p| p.is_object()) {
+                        if node_ports
+                            && p.get("nodePort")
+                                .is_none_or(|v| v.as_u64().unwrap_or(0) == 0)
+                        {
+                            let n = self.runtime.next_node_port.fetch_add(1, Ordering::Relaxed);
+                            p["nodePort"] = json!(30000 + (n - 30000) % 2768);
+                        }
                         if p.get("protocol").is_none() {
                             p["protocol"] = json!("TCP");
                         }
@@ -431,7 +445,21 @@ impl State {
                 }
             }
             ("", "persistentvolumeclaims") => {
-                set_default(obj, "spec.volumeMode", json!("Filesystem"))
+                set_default(obj, "spec.volumeMode", json!("Filesystem"));
+                // dataSource and dataSourceRef mirror each other when one is given.
+                let ds = get_path(obj, "spec.dataSource")
+                    .filter(|v| v.is_object())
+                    .cloned();
+                let dsr = get_path(obj, "spec.dataSourceRef")
+                    .filter(|v| v.is_object())
+                    .cloned();
+                match (ds, dsr) {
+                    (Some(ds), None) => set_path(obj, "spec.dataSourceRef", ds),
+                    (None, Some(r)) if r.get("namespace").is_none() => {
+                        set_path(obj, "spec.dataSource", r)
+                    }
+                    _ => {}
+                }
             }
             ("apps", "deployments") => {
                 set_default(obj, "spec.replicas", json!(1));
@@ -953,6 +981,30 @@ fn carry_over(info: &ResourceInfo, old: &Value, new: &mut Value) {
         let missing = get_path(new, &path).is_none_or(|v| v.is_null() || v.as_str() == Some(""));
         if missing && let Some(v) = get_path(old, &path).cloned() {
             set_path(new, &path, v);
+        }
+    }
+    // nodePorts of ports that keep their port number.
+    let old_ports = old
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if let Some(ports) = new.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
+        for p in ports
+            .iter_mut()
+            .filter(|p| p.is_object() && p.get("nodePort").is_none())
+        {
+            if let Some(np) = old_ports
+                .iter()
+                .find(|o| {
+                    o.get("port") == p.get("port")
+                        && o.get("protocol")
+                            .is_none_or(|x| Some(x) == p.get("protocol").or(Some(&json!("TCP"))))
+                })
+                .and_then(|o| o.get("nodePort"))
+            {
+                p["nodePort"] = np.clone();
+            }
         }
     }
 }

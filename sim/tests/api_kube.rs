@@ -1035,6 +1035,8 @@ async fn serve_until_killed_writes_a_usable_kubeconfig() -> Result<()> {
         kubeconfig: kc.clone(),
         port: 0,
         minor: 30,
+        cluster_objects: None,
+        pod_ready_delay_ms: 100,
     };
     let task = tokio::spawn(ferry_sim::serve_until_killed(args));
     let kc_text = wait_for("kubeconfig", 10, || {

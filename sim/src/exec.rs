@@ -1,0 +1,478 @@
+//! Pod exec over WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`), as
+//! kube 5 and kubectl 1.30+ speak it.
+//!
+//! The command runs as a local process. Every volume `mountPath` of the
+//! container (volumeMounts → PVC → PV directory, or an emptyDir directory)
+//! is replaced by the volume's local directory wherever it starts a path in
+//! an argument, also inside scripts (`sh -c 'cd /data && find .'`), but not
+//! inside a longer name (`/database` is not `/data`). The working directory
+//! is the mapped `workingDir`, else a per-pod directory under the data dir.
+//!
+//! Framing: byte 0 of each binary message is the channel (0 stdin, 1 stdout,
+//! 2 stderr, 3 status, 4 resize, 255 close on v5). All output is sent before
+//! the status; then a close frame (1000). A fault
+//! ([`crate::FaultConfig::drop_exec_after`]) cuts the connection abruptly
+//! after N output bytes.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::api::Server;
+use crate::ctl::{PATH_ANNOTATION, gr, str_at};
+use crate::status::ApiError;
+use crate::util::{form_decode, meta_str};
+
+/// What the exec request asked for.
+struct Request {
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+    command: Vec<String>,
+    container: Option<String>,
+}
+
+fn parse_query(q: Option<&str>) -> Request {
+    let mut r = Request {
+        stdin: false,
+        stdout: false,
+        stderr: false,
+        command: vec![],
+        container: None,
+    };
+    for kv in q.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        let v = form_decode(v);
+        let on = v == "true" || v == "1";
+        match k {
+            "stdin" => r.stdin = on,
+            "stdout" => r.stdout = on,
+            "stderr" => r.stderr = on,
+            "command" => r.command.push(v),
+            "container" => r.container = Some(v),
+            _ => {}
+        }
+    }
+    r
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/')
+}
+
+/// Replace each mount path (longest first) where it starts a path in `arg`.
+pub fn rewrite_arg(arg: &str, mounts: &[(String, PathBuf)]) -> String {
+    let mut out = String::with_capacity(arg.len());
+    let mut i = 0;
+    let bytes = arg;
+    'outer: while i < bytes.len() {
+        let prev = bytes[..i].chars().next_back();
+        if prev.is_none_or(|c| !is_name_char(c)) {
+            for (m, dir) in mounts {
+                if bytes[i..].starts_with(m.as_str()) {
+                    let next = bytes[i + m.len()..].chars().next();
+                    if next.is_none_or(|c| c == '/' || !is_name_char(c)) {
+                        out.push_str(&dir.to_string_lossy());
+                        i += m.len();
+                        continue 'outer;
+                    }
+                }
+            }
+        }
+        let c = bytes[i..].chars().next().unwrap_or(' ');
+        out.push(c);
+        i += c.len_utf8();
+    }
+    out
+}
+
+/// Mount path → local directory for `container` of `pod`.
+fn mounts(server: &Server, pod: &Value, container: &Value) -> Vec<(String, PathBuf)> {
+    let rt = &server.state.runtime;
+    let ns = meta_str(pod, "namespace");
+    let vols: Vec<Value> = pod
+        .pointer("/spec/volumes")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    server.state.store.transact(|txn| {
+        for vm in container
+            .get("volumeMounts")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let (name, path) = (str_at(vm, "/name"), str_at(vm, "/mountPath"));
+            let path = path.trim_end_matches('/');
+            if path.is_empty() {
+                continue;
+            }
+            let Some(v) = vols.iter().find(|v| str_at(v, "/name") == name) else {
+                continue;
+            };
+            let dir = if let Some(claim) = v
+                .pointer("/persistentVolumeClaim/claimName")
+                .and_then(Value::as_str)
+            {
+                let pvc = txn.get(&gr("", "persistentvolumeclaims"), ns, claim);
+                let pv = pvc.and_then(|c| {
+                    txn.get(
+                        &gr("", "persistentvolumes"),
+                        "",
+                        str_at(&c, "/spec/volumeName"),
+                    )
+                });
+                pv.and_then(|pv| {
+                    pv.pointer("/metadata/annotations")
+                        .and_then(|a| a.get(PATH_ANNOTATION))
+                        .and_then(Value::as_str)
+                        .map(PathBuf::from)
+                })
+            } else {
+                Some(
+                    rt.data_dir
+                        .join("pods")
+                        .join(meta_str(pod, "uid"))
+                        .join("volumes")
+                        .join(name),
+                )
+            };
+            let Some(mut dir) = dir else { continue };
+            let sub = str_at(vm, "/subPath");
+            if !sub.is_empty() {
+                dir = dir.join(sub);
+            }
+            let _ = std::fs::create_dir_all(&dir);
+            out.push((path.to_string(), dir));
+        }
+    });
+    out.sort_by_key(|(m, _)| std::cmp::Reverse(m.len()));
+    out
+}
+
+fn status_failure(code: Option<i32>, message: &str) -> Value {
+    match code {
+        Some(c) => json!({"metadata": {}, "status": "Failure",
+            "message": format!("command terminated with non-zero exit code: exit status {c}"),
+            "reason": "NonZeroExitCode", "details": {"causes": [{"reason": "ExitCode", "message": c.to_string()}]}}),
+        None => {
+            json!({"metadata": {}, "status": "Failure", "message": message, "reason": "InternalError", "code": 500})
+        }
+    }
+}
+
+/// Serve `GET .../pods/{name}/exec`: checks, then the WebSocket upgrade.
+pub async fn handle(
+    server: Arc<Server>,
+    mut parts: http::request::Parts,
+    ns: &str,
+    name: &str,
+) -> Result<Response, ApiError> {
+    let req = parse_query(parts.uri.query());
+    let info = server
+        .state
+        .registry
+        .lookup("", "v1", "pods")
+        .ok_or_else(ApiError::no_route)?;
+    let pod = server
+        .state
+        .store
+        .transact(|t| t.get(&gr("", "pods"), ns, name))
+        .ok_or_else(|| ApiError::not_found(&info, name))?;
+    let phase = str_at(&pod, "/status/phase");
+    if matches!(phase, "Succeeded" | "Failed") {
+        return Err(ApiError::bad_request(format!(
+            "cannot exec into a container in a completed pod; current phase is {phase}"
+        )));
+    }
+    let containers: Vec<Value> = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let container = match &req.container {
+        Some(c) => containers
+            .iter()
+            .find(|x| str_at(x, "/name") == c)
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("container {c} is not valid for pod {name}"))
+            })?,
+        None => containers
+            .first()
+            .cloned()
+            .ok_or_else(|| ApiError::bad_request(format!("pod {name} has no containers")))?,
+    };
+    if phase != "Running" {
+        // The kubelet has no running container to exec into yet.
+        return Err(ApiError::bad_request(format!(
+            "unable to upgrade connection: container not found (\"{}\")",
+            str_at(&container, "/name")
+        )));
+    }
+    if req.command.is_empty() {
+        return Err(ApiError::bad_request("you must specify at least 1 command"));
+    }
+    let ws = WebSocketUpgrade::from_request_parts(&mut parts, &())
+        .await
+        .map_err(|_| ApiError::bad_request("Upgrade request required: exec is served over WebSocket (v5.channel.k8s.io, v4.channel.k8s.io) only"))?;
+    let ws = ws
+        .protocols(["v5.channel.k8s.io", "v4.channel.k8s.io"])
+        .max_message_size(64 << 20);
+    let v5 = ws
+        .selected_protocol()
+        .is_some_and(|p| p.as_bytes() == b"v5.channel.k8s.io");
+    let mounts = mounts(&server, &pod, &container);
+    let pod_dir = server
+        .state
+        .runtime
+        .data_dir
+        .join("pods")
+        .join(meta_str(&pod, "uid"))
+        .join("root");
+    let _ = std::fs::create_dir_all(&pod_dir);
+    let workdir = container
+        .get("workingDir")
+        .and_then(Value::as_str)
+        .map(|w| PathBuf::from(rewrite_arg(w, &mounts)))
+        .filter(|p| p.is_dir())
+        .unwrap_or(pod_dir);
+    let args: Vec<String> = req
+        .command
+        .iter()
+        .map(|a| rewrite_arg(a, &mounts))
+        .collect();
+    let env: Vec<(String, String)> = container
+        .get("env")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            Some((
+                str_at(e, "/name").to_string(),
+                e.get("value")?.as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    let drop_after = server.faults.drop_exec_after();
+    let cancel = server.cancel.clone();
+    Ok(ws.on_upgrade(move |socket| async move {
+        tokio::select! {
+            cut = run(socket, req, args, env, workdir, v5, drop_after) => if cut {
+                server.faults.count_injected();
+            },
+            _ = cancel.cancelled() => {}
+        }
+    }))
+}
+
+async fn run(
+    socket: WebSocket,
+    req: Request,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    workdir: PathBuf,
+    v5: bool,
+    drop_after: Option<u64>,
+) -> bool {
+    let (mut sink, mut stream) = socket.split();
+    let first = if req.stdout {
+        1u8
+    } else if req.stderr {
+        2
+    } else {
+        3
+    };
+    if sink
+        .send(Message::Binary(vec![first].into()))
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut cmd = tokio::process::Command::new(&args[0]);
+    cmd.args(&args[1..])
+        .current_dir(&workdir)
+        .envs(env)
+        .stdin(if req.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(if req.stdout {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stderr(if req.stderr {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = format!(
+                "OCI runtime exec failed: exec failed: unable to start container process: exec: \"{}\": {e}: unknown",
+                args[0]
+            );
+            let mut m = vec![3u8];
+            m.extend_from_slice(status_failure(None, &msg).to_string().as_bytes());
+            let _ = sink.send(Message::Binary(m.into())).await;
+            let _ = sink
+                .send(Message::Close(Some(CloseFrame {
+                    code: 1000,
+                    reason: "".into(),
+                })))
+                .await;
+            return false;
+        }
+    };
+    // Output chunks from both pipes to the single writer.
+    let (tx, mut rx) = mpsc::channel::<(u8, Vec<u8>)>(16);
+    let mut readers = Vec::new();
+    for (ch, pipe) in [
+        (
+            1u8,
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        ),
+        (
+            2u8,
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        ),
+    ] {
+        let Some(mut pipe) = pipe else { continue };
+        let tx = tx.clone();
+        readers.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match pipe.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if tx.send((ch, buf[..n].to_vec())).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    drop(tx);
+    // stdin from the client.
+    let mut stdin = child.stdin.take();
+    let mut client_gone = false;
+    let mut sent: u64 = 0;
+    loop {
+        tokio::select! {
+            out = rx.recv() => match out {
+                Some((ch, data)) => {
+                    sent += data.len() as u64;
+                    if let Some(limit) = drop_after && sent >= limit {
+                        // Abrupt cut: no status, no close frame.
+                        let _ = child.start_kill();
+                        return true;
+                    }
+                    let mut m = Vec::with_capacity(data.len() + 1);
+                    m.push(ch);
+                    m.extend_from_slice(&data);
+                    if sink.send(Message::Binary(m.into())).await.is_err() {
+                        let _ = child.start_kill();
+                        return false;
+                    }
+                }
+                None => break,
+            },
+            msg = stream.next(), if !client_gone => match msg {
+                Some(Ok(Message::Binary(b))) if !b.is_empty() => match b[0] {
+                    0 => {
+                        if let Some(s) = stdin.as_mut()
+                            && s.write_all(&b[1..]).await.is_err()
+                        {
+                            stdin = None;
+                        }
+                    }
+                    255 if v5 && b.get(1) == Some(&0) => {
+                        if let Some(mut s) = stdin.take() {
+                            let _ = s.shutdown().await;
+                        }
+                    }
+                    _ => {}
+                },
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                    client_gone = true;
+                    stdin = None;
+                }
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    drop(stdin);
+    for r in readers {
+        let _ = r.await;
+    }
+    let status = match child.wait().await {
+        Ok(s) if s.success() => json!({"metadata": {}, "status": "Success"}),
+        Ok(s) => status_failure(Some(s.code().unwrap_or(128 + 9)), ""),
+        Err(e) => status_failure(None, &e.to_string()),
+    };
+    if client_gone {
+        return false;
+    }
+    let mut m = vec![3u8];
+    m.extend_from_slice(status.to_string().as_bytes());
+    let _ = sink.send(Message::Binary(m.into())).await;
+    let _ = sink
+        .send(Message::Close(Some(CloseFrame {
+            code: 1000,
+            reason: "".into(),
+        })))
+        .await;
+    // Let the client answer the close (bounded).
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while let Some(Ok(m)) = stream.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrites_paths_only_at_path_starts() {
+        let m = vec![
+            ("/data/sub".to_string(), PathBuf::from("/v/b")),
+            ("/data".to_string(), PathBuf::from("/v/a")),
+        ];
+        assert_eq!(rewrite_arg("/data", &m), "/v/a");
+        assert_eq!(rewrite_arg("cd /data && find .", &m), "cd /v/a && find .");
+        assert_eq!(rewrite_arg("/data/x/y", &m), "/v/a/x/y");
+        assert_eq!(rewrite_arg("/data/sub/f", &m), "/v/b/f");
+        assert_eq!(rewrite_arg("/database", &m), "/database");
+        assert_eq!(rewrite_arg("/srv/data", &m), "/srv/data");
+        assert_eq!(rewrite_arg("--dir=/data", &m), "--dir=/v/a");
+        assert_eq!(rewrite_arg("'/data'", &m), "'/v/a'");
+        assert_eq!(rewrite_arg("/data.bak", &m), "/data.bak");
+    }
+}
