@@ -21,7 +21,14 @@ fn the_demo_clones_the_app_and_verifies_the_log() {
         stdout.contains("verify: hash chain and MAC intact"),
         "{stdout}"
     );
-    assert!(stdout.contains("1 Cart, 1 ConfigMap"), "{stdout}");
+    assert!(
+        stdout.contains("1 Cart, 1 ConfigMap, 1 DaemonSet, 1 Deployment"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Deployment shop-copy/web"),
+        "health names the ready workloads: {stdout}"
+    );
     assert!(!stdout.contains("aHVudGVyMg=="), "no Secret data: {stdout}");
     // --dir keeps the durable log and the clusters' files.
     assert!(dir.path().join("state").is_dir());

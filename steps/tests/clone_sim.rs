@@ -415,7 +415,7 @@ async fn a_failing_apply_rolls_back_everything_this_run_made() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_volume_is_refused_until_this_build_can_copy_it() {
+async fn a_volume_that_needs_the_data_mover_is_refused_in_this_build() {
     let s = setup(false).await;
     let src = clusters(&[&s.src]).get("prod").await.unwrap();
     apply_yaml(&src, "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: data, namespace: shop}\nspec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}\n").await;
@@ -528,4 +528,236 @@ async fn a_dry_run_shows_the_plan_and_writes_nothing() {
         s.engine.store().list().unwrap().is_empty(),
         "not even ferry's log"
     );
+}
+
+const WORKLOADS: &str = include_str!("fixtures/sim/workloads.yaml");
+const VOLUMES: &str = include_str!("fixtures/sim/volumes.yaml");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workloads_are_cloned_and_the_clone_waits_until_they_are_ready() {
+    let s = setup(false).await;
+    let src = clusters(&[&s.src]).get("prod").await.unwrap();
+    apply_yaml(&src, WORKLOADS).await;
+    let (run, phase) = run_clone(&s, &spec("workloads", "prod", "staging", "shop-copy")).await;
+    assert_eq!(
+        phase,
+        Phase::Succeeded,
+        "{:?}",
+        s.engine
+            .load(run)
+            .unwrap()
+            .steps
+            .values()
+            .map(|st| (st.decl.id.0.clone(), st.last_error.clone()))
+            .collect::<Vec<_>>()
+    );
+    let dst = clusters(&[&s.dst]).get("staging").await.unwrap();
+    for (kind, name) in [
+        ("Deployment", "web"),
+        ("StatefulSet", "cache"),
+        ("DaemonSet", "agent"),
+    ] {
+        let o = get(&dst, "apps/v1", kind, Some("shop-copy"), name)
+            .await
+            .unwrap_or_else(|| panic!("{kind} {name} cloned"));
+        assert_eq!(
+            ferry_steps::workflow::workload_ready(&o),
+            Some(true),
+            "{kind} {name} ready when the clone is Healthy: {}",
+            o["status"]
+        );
+    }
+    // Pods were made by the destination's controllers, not copied.
+    let health: ferry_steps::workflow::HealthOutput = s.engine.load(run).unwrap().steps
+        [&"health".into()]
+        .output
+        .as_ref()
+        .unwrap()
+        .decode()
+        .unwrap();
+    assert_eq!(health.workloads.len(), 3, "{health:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_that_never_becomes_ready_rolls_the_clone_back() {
+    let s = setup(false).await;
+    let src = clusters(&[&s.src]).get("prod").await.unwrap();
+    apply_yaml(
+        &src,
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: stuck, namespace: shop}\nspec:\n  replicas: 1\n  selector: {matchLabels: {app: stuck}}\n  template:\n    metadata: {labels: {app: stuck}, annotations: {sim.ferry.dev/never-ready: \"true\"}}\n    spec: {containers: [{name: c, image: busybox:1.36}]}\n",
+    )
+    .await;
+    let mut sp = spec("never-ready", "prod", "staging", "shop-copy");
+    sp.health_deadline_seconds = 3;
+    let (run, phase) = run_clone(&s, &sp).await;
+    assert_eq!(phase, Phase::RolledBack);
+    let state = s.engine.load(run).unwrap();
+    let health_error = state.steps[&"health".into()]
+        .last_error
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        health_error.contains("Deployment shop-copy/stuck"),
+        "names what is not ready: {health_error}"
+    );
+    let evs = events(&s, run);
+    let compensated: Vec<String> = evs
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepCompensated { step } => Some(step.0.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        compensated,
+        vec!["health", "apply", "namespaces", "preflight"]
+    );
+    let dst = clusters(&[&s.dst]).get("staging").await.unwrap();
+    assert!(
+        get(&dst, "v1", "Namespace", None, "shop-copy")
+            .await
+            .is_none(),
+        "no namespace of this run left"
+    );
+    let leftovers = src
+        .list_kind(
+            "snapshot.storage.k8s.io/v1",
+            "VolumeSnapshot",
+            Some(&format!("ferry.dev/run={run}")),
+        )
+        .await
+        .unwrap();
+    assert!(leftovers.is_empty(), "no temporary object on the source");
+}
+
+fn tree(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let rel = p.strip_prefix(dir).unwrap().display().to_string();
+            let ft = e.file_type().unwrap();
+            if ft.is_symlink() {
+                out.insert(
+                    rel,
+                    std::fs::read_link(&p)
+                        .unwrap()
+                        .display()
+                        .to_string()
+                        .into_bytes(),
+                );
+            } else if ft.is_dir() {
+                out.insert(rel + "/", Vec::new());
+                stack.push(p);
+            } else {
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+async fn pv_dir(c: &Cluster, ns: &str, pvc: &str) -> std::path::PathBuf {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(claim) = c
+            .get("v1", "PersistentVolumeClaim", Some(ns), pvc)
+            .await
+            .unwrap()
+            && claim.pointer("/status/phase").and_then(Value::as_str) == Some("Bound")
+        {
+            let pv_name = claim["spec"]["volumeName"].as_str().unwrap().to_owned();
+            let pv = c
+                .get("v1", "PersistentVolume", None, &pv_name)
+                .await
+                .unwrap()
+                .unwrap();
+            if let Some(p) = pv
+                .pointer("/metadata/annotations/sim.ferry.dev~1path")
+                .and_then(Value::as_str)
+            {
+                return std::path::PathBuf::from(p);
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for PVC {ns}/{pvc} to bind"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_cluster_clone_copies_volume_data_through_csi_snapshots() {
+    let s = setup(false).await;
+    let src = clusters(&[&s.src]).get("prod").await.unwrap();
+    apply_yaml(&src, VOLUMES).await;
+    // Data in both volumes, as the app would have written it.
+    let shared = pv_dir(&src, "db", "shared").await;
+    let pgdata = pv_dir(&src, "db", "data-pg-0").await;
+    std::fs::create_dir_all(shared.join("static/img")).unwrap();
+    std::fs::write(shared.join("static/index.html"), b"<h1>shop</h1>").unwrap();
+    std::fs::write(shared.join("static/img/logo.bin"), vec![7u8; 1 << 20]).unwrap();
+    std::os::unix::fs::symlink("static/index.html", shared.join("index")).unwrap();
+    std::fs::write(pgdata.join("PG_VERSION"), b"16\n").unwrap();
+    std::fs::create_dir_all(pgdata.join("base/1")).unwrap();
+    std::fs::write(
+        pgdata.join("base/1/1259"),
+        (0..300_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let (shared_tree, pg_tree) = (tree(&shared), tree(&pgdata));
+
+    let sp = CloneSpec::from_json(
+        &json!({"name": "db-in", "sourceContext": "prod", "destinationContext": "prod",
+        "namespaces": [{"source": "db", "destination": "db-copy"}]})
+        .to_string(),
+    )
+    .unwrap();
+    let (run, phase) = run_clone(&s, &sp).await;
+    let state = s.engine.load(run).unwrap();
+    assert_eq!(
+        phase,
+        Phase::Succeeded,
+        "{:?} {:?}",
+        state.refusals,
+        state
+            .steps
+            .values()
+            .map(|st| (st.decl.id.0.clone(), st.last_error.clone()))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        state.steps.contains_key(&"snapshot/db/shared".into())
+            && state.steps.contains_key(&"volume/db-copy/data-pg-0".into())
+    );
+    // Volume data equal, file by file.
+    assert_eq!(tree(&pv_dir(&src, "db-copy", "shared").await), shared_tree);
+    assert_eq!(tree(&pv_dir(&src, "db-copy", "data-pg-0").await), pg_tree);
+    // The source's data is untouched and its PVCs keep their volumes.
+    assert_eq!(tree(&shared), shared_tree);
+    // Cleanup removed the temporary snapshots and contents of this run.
+    let sel = format!("ferry.dev/temporary=true,ferry.dev/run={run}");
+    assert!(
+        src.list_kind("snapshot.storage.k8s.io/v1", "VolumeSnapshot", Some(&sel))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        src.list_kind(
+            "snapshot.storage.k8s.io/v1",
+            "VolumeSnapshotContent",
+            Some(&sel)
+        )
+        .await
+        .unwrap()
+        .is_empty()
+    );
+    let d = get(&src, "apps/v1", "StatefulSet", Some("db-copy"), "pg")
+        .await
+        .unwrap();
+    assert_eq!(ferry_steps::workflow::workload_ready(&d), Some(true));
 }

@@ -15,11 +15,12 @@ use serde_json::{Value, json};
 const CHILD: &str = env!("CARGO_BIN_EXE_ferry-clone-child");
 const APP: &str = include_str!("../../steps/tests/fixtures/sim/app.yaml");
 const CART: &str = include_str!("../../steps/tests/fixtures/sim/cart.yaml");
+const VOLUMES: &str = include_str!("../../steps/tests/fixtures/sim/volumes.yaml");
 
-async fn seed(src: &SimCluster) {
+async fn seed(src: &SimCluster, docs: &[&str]) {
     let cl = Clusters::from_paths(&[src.kubeconfig_path().to_owned()]).unwrap();
     let c = cl.get(src.name()).await.unwrap();
-    for yaml in [APP, CART] {
+    for yaml in docs {
         for doc in serde_yaml::Deserializer::from_str(yaml) {
             let v: Value = serde::Deserialize::deserialize(doc).unwrap();
             if !v.is_null() {
@@ -51,6 +52,12 @@ fn child(
 }
 
 async fn case(point: &str) {
+    run_case(point, false).await
+}
+
+/// One kill at `point` and a resume; `volumes`: an in-cluster clone of an
+/// app with volumes (snapshots, contents, PVCs) instead of the cross-cluster one.
+async fn run_case(point: &str, volumes: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let src = SimCluster::start(SimOptions {
@@ -65,8 +72,13 @@ async fn case(point: &str) {
     })
     .await
     .unwrap();
-    seed(&src).await;
-    let spec = json!({"name": "shop", "sourceContext": "prod", "destinationContext": "staging", "namespaces": [{"source": "shop", "destination": "shop-copy"}]});
+    let spec = if volumes {
+        seed(&src, &[VOLUMES]).await;
+        json!({"name": "db", "sourceContext": "prod", "destinationContext": "prod", "namespaces": [{"source": "db", "destination": "db-copy"}]})
+    } else {
+        seed(&src, &[APP, CART]).await;
+        json!({"name": "shop", "sourceContext": "prod", "destinationContext": "staging", "namespaces": [{"source": "shop", "destination": "shop-copy"}]})
+    };
     std::fs::write(dir.join("spec.json"), spec.to_string()).unwrap();
     let kcs = vec![
         src.kubeconfig_path().to_owned(),
@@ -100,12 +112,31 @@ async fn case(point: &str) {
         "{point}: {stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let doubled: Vec<_> = dst.creates().into_iter().filter(|(_, n)| *n > 1).collect();
+    let target = if volumes { &src } else { &dst };
+    let doubled: Vec<_> = target
+        .creates()
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .collect();
     assert!(doubled.is_empty(), "{point}: created twice: {doubled:?}");
-    assert!(
-        dst.create_count("ConfigMap", "shop-copy", "settings") == 1,
-        "{point}"
-    );
+    if volumes {
+        assert_eq!(
+            src.create_count("PersistentVolumeClaim", "db-copy", "data-pg-0"),
+            1,
+            "{point}"
+        );
+        assert_eq!(
+            src.create_count("PersistentVolumeClaim", "db-copy", "shared"),
+            1,
+            "{point}"
+        );
+    } else {
+        assert_eq!(
+            dst.create_count("ConfigMap", "shop-copy", "settings"),
+            1,
+            "{point}"
+        );
+    }
     src.stop().await;
     dst.stop().await;
 }
@@ -126,5 +157,20 @@ async fn killed_at_every_step_boundary_and_inside_apply_and_health_the_clone_sti
         "step.start.after@5",      // cleanup started
     ] {
         case(point).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_around_the_snapshot_and_volume_steps_the_in_cluster_clone_still_becomes_healthy() {
+    // Steps start in this order: preflight, namespaces, then the two
+    // snapshots, the two volumes, apply, health, cleanup.
+    for point in [
+        "step.start.after@3",      // a snapshot started
+        "step.succeeded.before@3", // a snapshot ready, not yet recorded
+        "step.start.after@5",      // a volume started
+        "step.succeeded.before@5", // a volume made, not yet recorded
+        "step.start.after@7",      // apply, with the PVCs in place
+    ] {
+        run_case(point, true).await;
     }
 }

@@ -7,10 +7,11 @@
 //! extends the plan with the steps only it can name. Each step has its own
 //! file with its compensation beside it.
 //!
-//! What this build does not carry yet — volume data (snapshots, in-place
-//! volumes, the data mover) and execution hooks — preflight refuses with a
-//! reason that says so, before anything is written: a clone never runs with
-//! empty volumes.
+//! Volumes are cloned in place through CSI snapshots (same cluster, same
+//! driver). What this build does not carry yet — volume data through the
+//! data mover (another cluster or driver, or a driver that cannot
+//! snapshot) and execution hooks — preflight refuses with a reason that says
+//! so, before anything is written: a clone never runs with empty volumes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,12 +29,14 @@ mod cleanup;
 mod health;
 mod namespaces;
 mod preflight_step;
+mod volumes;
 
 pub use apply::ApplyStep;
 pub use cleanup::CleanupStep;
-pub use health::{HealthStep, workload_ready};
+pub use health::{HealthOutput, HealthStep, workload_ready};
 pub use namespaces::NamespacesStep;
 pub use preflight_step::PreflightStep;
+pub use volumes::{SnapshotOutput, SnapshotStep, VolumeInput, VolumeStep};
 
 /// The engine's name for this workflow.
 pub const WORKFLOW: &str = "clone";
@@ -113,6 +116,12 @@ impl CloneWorkflow {
                 env: self.env.clone(),
             })
             .register(CleanupStep {
+                env: self.env.clone(),
+            })
+            .register(SnapshotStep {
+                env: self.env.clone(),
+            })
+            .register(VolumeStep {
                 env: self.env.clone(),
             });
     }

@@ -73,14 +73,8 @@ pub(super) async fn gather(
             fix: r.fix.clone(),
         })
         .collect();
-    // What this build cannot carry yet is refused, not run half-way.
-    for v in &prepared.report.volumes {
-        refusals.push(Refusal {
-                object: format!("PersistentVolumeClaim {}/{}", v.source_namespace, v.pvc),
-                rule: "volume data cannot be copied by this build of ferry (snapshot and data-mover steps are not built yet)".into(),
-                fix: "exclude PersistentVolumeClaims (and the workloads that mount them) from this clone, or use a ferry build with volume support".into(),
-            });
-    }
+    // Volumes through the mover are refused by the rules themselves
+    // (`mover_available` is false in this build).
     for h in &spec.hooks {
         refusals.push(Refusal {
             object: format!("hook {}", h.name),
@@ -206,7 +200,11 @@ impl Step for PreflightStep {
                 StepKind::Apply => "apply",
                 StepKind::Health => "health",
                 StepKind::Cleanup => "cleanup",
-                // Refused above: no volume or hook step reaches here.
+                StepKind::Snapshot => "snapshot",
+                StepKind::Volume if s.path == Some(crate::preflight::CopyPath::SnapshotInPlace) => {
+                    "volume"
+                }
+                // Refused above: no mover or hook step reaches here.
                 other => {
                     return Err(StepError::permanent(format!(
                         "step kind {other:?} ({:?}) is not built",
@@ -217,6 +215,27 @@ impl Step for PreflightStep {
             let deps: Vec<&str> = s.depends_on.iter().map(String::as_str).collect();
             let mut d = decl(&s.id, kind, &deps);
             d.critical = s.critical;
+            if matches!(s.kind, StepKind::Snapshot | StepKind::Volume) {
+                let v = prepared
+                    .report
+                    .volumes
+                    .iter()
+                    .find(|v| {
+                        s.id == format!("snapshot/{}/{}", v.source_namespace, v.pvc)
+                            || s.id == format!("volume/{}/{}", v.destination_namespace, v.pvc)
+                    })
+                    .ok_or_else(|| {
+                        StepError::permanent(format!("no volume plan for step {}", s.id))
+                    })?;
+                let input = super::VolumeInput {
+                    source_namespace: v.source_namespace.clone(),
+                    pvc: v.pvc.clone(),
+                    destination_namespace: v.destination_namespace.clone(),
+                    snapshot_class: v.snapshot_class.clone(),
+                };
+                d.input = ferry_engine::Json::encode(&input)
+                    .map_err(|e| StepError::permanent(e.to_string()))?;
+            }
             if s.kind == StepKind::Health {
                 d.deadline_ms = Some(spec.health_deadline_seconds.saturating_mul(1000));
                 d.attempt_timeout_ms = None;
