@@ -105,8 +105,9 @@ pub fn preflight_config(config: &Config) -> anyhow::Result<PreflightConfig> {
         non_clonable,
         config.buckets.keys().cloned().collect(),
         config.default_bucket.clone(),
-        // The data mover is not wired to clusters in this build.
-        false,
+        // The data mover is built; a volume that needs it without a bucket
+        // is refused by the bucket rule, naming the fix.
+        true,
     )
     .map_err(|e| anyhow::anyhow!("config: {e}"))
 }
@@ -114,10 +115,19 @@ pub fn preflight_config(config: &Config) -> anyhow::Result<PreflightConfig> {
 /// The clone workflow over the kubeconfig files and the config.
 pub fn clone_workflow(config: &Config, kubeconfigs: &[PathBuf]) -> anyhow::Result<CloneWorkflow> {
     let clusters = Clusters::from_paths(kubeconfigs).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut buckets = std::collections::BTreeMap::new();
+    for (name, b) in &config.buckets {
+        buckets.insert(name.clone(), open_bucket(name, b)?);
+    }
     Ok(CloneWorkflow::new(CloneEnv {
         clusters,
         preflight: preflight_config(config)?,
         health_poll: Duration::from_secs(1),
+        buckets,
+        mover_image: config
+            .mover_image
+            .clone()
+            .unwrap_or_else(|| ferry_steps::workflow::DEFAULT_MOVER_IMAGE.into()),
     }))
 }
 

@@ -22,8 +22,12 @@ fn the_demo_clones_the_app_and_verifies_the_log() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("1 Cart, 1 ConfigMap, 1 DaemonSet, 1 Deployment"),
+        stdout.contains("1 Cart, 1 ConfigMap, 1 DaemonSet, 2 Deployment"),
         "{stdout}"
+    );
+    assert!(
+        stdout.contains("files equal on staging: yes"),
+        "volume data moved through the bucket: {stdout}"
     );
     assert!(
         stdout.contains("Deployment shop-copy/web"),

@@ -78,15 +78,11 @@ async fn main() {
     .unwrap();
     let env = CloneEnv {
         clusters,
-        preflight: PreflightConfig::from_settings(
-            Vec::new(),
-            None,
-            Default::default(),
-            None,
-            false,
-        )
-        .unwrap(),
+        preflight: PreflightConfig::from_settings(Vec::new(), None, Default::default(), None, true)
+            .unwrap(),
         health_poll: Duration::from_millis(100),
+        buckets: Default::default(),
+        mover_image: ferry_steps::workflow::DEFAULT_MOVER_IMAGE.into(),
     };
     let mut registry = Registry::new();
     CloneWorkflow::new(env).register(&mut registry);

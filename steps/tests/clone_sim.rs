@@ -74,15 +74,11 @@ async fn setup(no_kube_retry: bool) -> Setup {
     .unwrap();
     let env = CloneEnv {
         clusters: cl,
-        preflight: PreflightConfig::from_settings(
-            Vec::new(),
-            None,
-            Default::default(),
-            None,
-            false,
-        )
-        .unwrap(),
+        preflight: PreflightConfig::from_settings(Vec::new(), None, Default::default(), None, true)
+            .unwrap(),
         health_poll: Duration::from_millis(100),
+        buckets: Default::default(),
+        mover_image: ferry_steps::workflow::DEFAULT_MOVER_IMAGE.into(),
     };
     let mut registry = Registry::new();
     CloneWorkflow::new(env).register(&mut registry);
@@ -415,7 +411,7 @@ async fn a_failing_apply_rolls_back_everything_this_run_made() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_volume_that_needs_the_data_mover_is_refused_in_this_build() {
+async fn a_volume_that_needs_the_data_mover_is_refused_without_a_bucket() {
     let s = setup(false).await;
     let src = clusters(&[&s.src]).get("prod").await.unwrap();
     apply_yaml(&src, "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: data, namespace: shop}\nspec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}\n").await;
@@ -427,7 +423,8 @@ async fn a_volume_that_needs_the_data_mover_is_refused_in_this_build() {
         state
             .refusals
             .iter()
-            .any(|r| r.object == "PersistentVolumeClaim shop/data"),
+            .any(|r| r.object == "PersistentVolumeClaim shop/data"
+                && r.to_string().contains("bucket")),
         "{:?}",
         state.refusals
     );
@@ -496,15 +493,11 @@ async fn a_dry_run_shows_the_plan_and_writes_nothing() {
     let (src_rv, dst_rv) = (s.src.resource_version(), s.dst.resource_version());
     let env = CloneEnv {
         clusters: clusters(&[&s.src, &s.dst]),
-        preflight: PreflightConfig::from_settings(
-            Vec::new(),
-            None,
-            Default::default(),
-            None,
-            false,
-        )
-        .unwrap(),
+        preflight: PreflightConfig::from_settings(Vec::new(), None, Default::default(), None, true)
+            .unwrap(),
         health_poll: Duration::from_millis(100),
+        buckets: Default::default(),
+        mover_image: ferry_steps::workflow::DEFAULT_MOVER_IMAGE.into(),
     };
     let answer = CloneWorkflow::new(env)
         .dry_run(&spec("dry", "prod", "staging", "shop-copy"))
@@ -760,4 +753,117 @@ async fn an_in_cluster_clone_copies_volume_data_through_csi_snapshots() {
         .await
         .unwrap();
     assert_eq!(ferry_steps::workflow::workload_ready(&d), Some(true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cross_cluster_clone_moves_volume_data_through_the_bucket() {
+    let s = setup(false).await;
+    let src = clusters(&[&s.src]).get("prod").await.unwrap();
+    apply_yaml(&src, VOLUMES).await;
+    let shared = pv_dir(&src, "db", "shared").await;
+    let pgdata = pv_dir(&src, "db", "data-pg-0").await;
+    std::fs::create_dir_all(shared.join("static/img")).unwrap();
+    std::fs::write(shared.join("static/index.html"), b"<h1>shop</h1>").unwrap();
+    std::fs::write(
+        shared.join("static/img/logo.bin"),
+        (0..3_000_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("static/index.html", shared.join("index")).unwrap();
+    std::fs::write(pgdata.join("PG_VERSION"), b"16\n").unwrap();
+    let (shared_tree, pg_tree) = (tree(&shared), tree(&pgdata));
+
+    let bucket_dir = tempfile::tempdir().unwrap();
+    let bucket = ferry_mover::Bucket::open(
+        &format!("file://{}", bucket_dir.path().display()),
+        &ferry_mover::BucketOptions {
+            prefix: "ferry".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let env = CloneEnv {
+        clusters: clusters(&[&s.src, &s.dst]),
+        preflight: PreflightConfig::from_settings(
+            Vec::new(),
+            None,
+            ["local".to_owned()].into(),
+            Some("local".into()),
+            true,
+        )
+        .unwrap(),
+        health_poll: Duration::from_millis(100),
+        buckets: [("local".to_owned(), bucket)].into(),
+        mover_image: ferry_steps::workflow::DEFAULT_MOVER_IMAGE.into(),
+    };
+    let mut registry = Registry::new();
+    CloneWorkflow::new(env).register(&mut registry);
+    let engine = Engine::new(s.engine.store().clone(), registry, EngineOptions::default());
+    let sp = CloneSpec::from_json(
+        &json!({"name": "db-x", "sourceContext": "prod", "destinationContext": "staging",
+        "namespaces": [{"source": "db", "destination": "db-copy"}]})
+        .to_string(),
+    )
+    .unwrap();
+    let run = engine
+        .submit(CloneWorkflow::submission(&sp).unwrap())
+        .await
+        .unwrap();
+    let phase = tokio::time::timeout(Duration::from_secs(30), engine.wait(run)).await;
+    let state = engine.load(run).unwrap();
+    let phase = phase
+        .unwrap_or_else(|_| {
+            panic!(
+                "stuck: {:?}",
+                state
+                    .steps
+                    .values()
+                    .map(|st| (
+                        st.decl.id.0.clone(),
+                        st.status.clone(),
+                        st.last_error.clone()
+                    ))
+                    .collect::<Vec<_>>()
+            )
+        })
+        .unwrap();
+    assert_eq!(
+        phase,
+        Phase::Succeeded,
+        "{:?} {:?}",
+        state.refusals,
+        state
+            .steps
+            .values()
+            .map(|st| (st.decl.id.0.clone(), st.last_error.clone()))
+            .collect::<Vec<_>>()
+    );
+    let dst = clusters(&[&s.dst]).get("staging").await.unwrap();
+    assert_eq!(tree(&pv_dir(&dst, "db-copy", "shared").await), shared_tree);
+    assert_eq!(tree(&pv_dir(&dst, "db-copy", "data-pg-0").await), pg_tree);
+    let out: ferry_steps::workflow::MoverOutput = state.steps[&"volume/db-copy/shared".into()]
+        .output
+        .as_ref()
+        .unwrap()
+        .decode()
+        .unwrap();
+    assert!(out.bytes > 3_000_000 && out.chunks_uploaded > 0, "{out:?}");
+    // No mover pod or temporary PVC of the run is left on either side.
+    let sel = format!("ferry.dev/temporary=true,ferry.dev/run={run}");
+    for c in [&src, &dst] {
+        assert!(
+            c.list_kind("v1", "Pod", Some(&sel))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            c.list_kind("v1", "PersistentVolumeClaim", Some(&sel))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
 }

@@ -27,6 +27,7 @@ use crate::spec::CloneSpec;
 mod apply;
 mod cleanup;
 mod health;
+mod mover;
 mod namespaces;
 mod preflight_step;
 mod volumes;
@@ -34,6 +35,7 @@ mod volumes;
 pub use apply::ApplyStep;
 pub use cleanup::CleanupStep;
 pub use health::{HealthOutput, HealthStep, workload_ready};
+pub use mover::{MoverOutput, MoverVolumeStep};
 pub use namespaces::NamespacesStep;
 pub use preflight_step::PreflightStep;
 pub use volumes::{SnapshotOutput, SnapshotStep, VolumeInput, VolumeStep};
@@ -49,7 +51,14 @@ pub struct CloneEnv {
     pub preflight: PreflightConfig,
     /// How often the health step looks again.
     pub health_poll: Duration,
+    /// The data mover's buckets by name (empty: no volume goes via the mover).
+    pub buckets: std::collections::BTreeMap<String, ferry_mover::Bucket>,
+    /// The image of the mover pods (it needs `tar` and `sh`).
+    pub mover_image: String,
 }
+
+/// The mover image when the config names none.
+pub const DEFAULT_MOVER_IMAGE: &str = "docker.io/library/busybox:1.36";
 
 /// The transformed objects a clone applies, stored encrypted (it holds
 /// Secrets) as a blob; events carry only its reference.
@@ -122,6 +131,9 @@ impl CloneWorkflow {
                 env: self.env.clone(),
             })
             .register(VolumeStep {
+                env: self.env.clone(),
+            })
+            .register(MoverVolumeStep {
                 env: self.env.clone(),
             });
     }

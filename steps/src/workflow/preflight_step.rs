@@ -204,6 +204,7 @@ impl Step for PreflightStep {
                 StepKind::Volume if s.path == Some(crate::preflight::CopyPath::SnapshotInPlace) => {
                     "volume"
                 }
+                StepKind::Volume => "volume-mover",
                 // Refused above: no mover or hook step reaches here.
                 other => {
                     return Err(StepError::permanent(format!(
@@ -232,6 +233,8 @@ impl Step for PreflightStep {
                     pvc: v.pvc.clone(),
                     destination_namespace: v.destination_namespace.clone(),
                     snapshot_class: v.snapshot_class.clone(),
+                    path: v.path,
+                    bucket: prepared.report.bucket.clone(),
                 };
                 d.input = ferry_engine::Json::encode(&input)
                     .map_err(|e| StepError::permanent(e.to_string()))?;

@@ -35,9 +35,15 @@ pub struct VolumeInput {
     pub destination_namespace: String,
     /// The source's VolumeSnapshotClass.
     pub snapshot_class: Option<String>,
+    /// The copy path preflight chose.
+    #[serde(default)]
+    pub path: Option<crate::preflight::CopyPath>,
+    /// The bucket, for volumes that go through the data mover.
+    #[serde(default)]
+    pub bucket: Option<String>,
 }
 
-fn labelled_with(o: &Value, run: &str) -> bool {
+pub(super) fn labelled_with(o: &Value, run: &str) -> bool {
     o.pointer("/metadata/labels")
         .and_then(|l| l.get(RUN_LABEL))
         .and_then(Value::as_str)
@@ -46,7 +52,11 @@ fn labelled_with(o: &Value, run: &str) -> bool {
 
 /// Creates `obj` unless it exists; an existing one is adopted only if it
 /// carries this run's label, else the step fails and never touches it.
-async fn create_owned(cluster: &Cluster, obj: &Value, run: &str) -> Result<Value, StepError> {
+pub(super) async fn create_owned(
+    cluster: &Cluster,
+    obj: &Value,
+    run: &str,
+) -> Result<Value, StepError> {
     match cluster.create_if_absent(obj).await? {
         Created::Created(o) => Ok(o),
         Created::Exists(o) if labelled_with(&o, run) => Ok(o),

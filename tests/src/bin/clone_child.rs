@@ -35,9 +35,11 @@ async fn main() -> anyhow::Result<()> {
             None,
             Default::default(),
             None,
-            false,
+            true,
         )?,
         health_poll: Duration::from_millis(50),
+        buckets: Default::default(),
+        mover_image: ferry_steps::workflow::DEFAULT_MOVER_IMAGE.into(),
     };
     let mut registry = Registry::new();
     CloneWorkflow::new(env).register(&mut registry);
