@@ -14,8 +14,8 @@ use kube::api::{Api, AttachParams};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::volumes::{VolumeInput, create_owned};
-use super::{CloneEnv, PreflightOutput, load_bundle};
+use super::CloneEnv;
+use super::volumes::{VolumeInput, create_owned, source_pvc};
 use crate::cluster::Cluster;
 use crate::names::{ferry_name, source_snapshot};
 use crate::object::{RUN_LABEL, TEMPORARY_LABEL};
@@ -176,24 +176,7 @@ impl Step for MoverVolumeStep {
         let dest = self.env.clusters.get(&spec.destination_context).await?;
         let tctx = TransformContext::new(&spec, &run, &short)
             .map_err(|e| StepError::permanent(e.to_string()))?;
-        let pre: PreflightOutput = ctx.output_of("preflight")?;
-        let bundle = load_bundle(ctx.store(), &pre.bundle)?;
-        let source_pvc = bundle
-            .source_pvcs
-            .iter()
-            .find(|p| {
-                p.pointer("/metadata/namespace").and_then(Value::as_str)
-                    == Some(input.source_namespace.as_str())
-                    && p.pointer("/metadata/name").and_then(Value::as_str)
-                        == Some(input.pvc.as_str())
-            })
-            .ok_or_else(|| {
-                StepError::permanent(format!(
-                    "PVC {}/{} is not in the bundle",
-                    input.source_namespace, input.pvc
-                ))
-            })?
-            .clone();
+        let source_pvc = source_pvc(ctx, &input)?;
         let volume = format!("{}-{}", input.source_namespace, input.pvc);
 
         // 1. The source side: a PVC from the snapshot, or the live PVC read-only.

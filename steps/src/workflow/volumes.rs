@@ -43,6 +43,27 @@ pub struct VolumeInput {
     pub bucket: Option<String>,
 }
 
+/// The source PVC a volume step copies, as preflight listed it (from the
+/// bundle, so a re-run sees what preflight saw).
+pub(super) fn source_pvc(ctx: &StepCtx, input: &VolumeInput) -> Result<Value, StepError> {
+    let pre: PreflightOutput = ctx.output_of("preflight")?;
+    let bundle = load_bundle(ctx.store(), &pre.bundle)?;
+    bundle
+        .source_pvcs
+        .into_iter()
+        .find(|p| {
+            p.pointer("/metadata/namespace").and_then(Value::as_str)
+                == Some(input.source_namespace.as_str())
+                && p.pointer("/metadata/name").and_then(Value::as_str) == Some(input.pvc.as_str())
+        })
+        .ok_or_else(|| {
+            StepError::permanent(format!(
+                "PVC {}/{} is not in the bundle",
+                input.source_namespace, input.pvc
+            ))
+        })
+}
+
 pub(super) fn labelled_with(o: &Value, run: &str) -> bool {
     o.pointer("/metadata/labels")
         .and_then(|l| l.get(RUN_LABEL))
@@ -78,10 +99,10 @@ async fn delete_owned(
     name: &str,
     run: &str,
 ) -> Result<(), StepError> {
-    if let Some(o) = cluster.get(SNAPSHOT_API, kind, ns, name).await? {
-        if labelled_with(&o, run) {
-            cluster.delete(SNAPSHOT_API, kind, ns, name).await?;
-        }
+    if let Some(o) = cluster.get(SNAPSHOT_API, kind, ns, name).await?
+        && labelled_with(&o, run)
+    {
+        cluster.delete(SNAPSHOT_API, kind, ns, name).await?;
     }
     Ok(())
 }
@@ -243,23 +264,7 @@ impl Step for VolumeStep {
             "snapshot/{}/{}",
             input.source_namespace, input.pvc
         ))?;
-        let pre: PreflightOutput = ctx.output_of("preflight")?;
-        let bundle = load_bundle(ctx.store(), &pre.bundle)?;
-        let source_pvc = bundle
-            .source_pvcs
-            .iter()
-            .find(|p| {
-                p.pointer("/metadata/namespace").and_then(Value::as_str)
-                    == Some(input.source_namespace.as_str())
-                    && p.pointer("/metadata/name").and_then(Value::as_str)
-                        == Some(input.pvc.as_str())
-            })
-            .ok_or_else(|| {
-                StepError::permanent(format!(
-                    "PVC {}/{} is not in the bundle",
-                    input.source_namespace, input.pvc
-                ))
-            })?;
+        let source_pvc = source_pvc(ctx, &input)?;
         create_owned(
             &dest,
             &preprovisioned_content(&tctx, &input.destination_namespace, &input.pvc, &snap.facts),
@@ -272,7 +277,7 @@ impl Step for VolumeStep {
             &run,
         )
         .await?;
-        let pvc = destination_pvc_from_snapshot(&tctx, source_pvc)
+        let pvc = destination_pvc_from_snapshot(&tctx, &source_pvc)
             .map_err(|e| StepError::permanent(e.to_string()))?;
         create_owned(&dest, &pvc, &run).await?;
         Ok(input.pvc)
