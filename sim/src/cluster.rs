@@ -246,7 +246,7 @@ impl SimCluster {
 
         let kubeconfig_path = data_dir.join("kubeconfig");
         write_private(&kubeconfig_path, &kubeconfig_yaml(&opts.name, &url, &token))?;
-        Ok(SimCluster {
+        let cluster = SimCluster {
             name: opts.name,
             url,
             token,
@@ -257,7 +257,11 @@ impl SimCluster {
             tasks,
             serve: Some(serve),
             _tmp: tmp,
-        })
+        };
+        // Let the controllers finish reacting to the bootstrap objects, so a
+        // new cluster's resourceVersion stands still until someone writes.
+        cluster.settle().await;
+        Ok(cluster)
     }
 
     /// Cluster name (kubeconfig context).
@@ -322,6 +326,24 @@ impl SimCluster {
     /// The current global resourceVersion (every write advances it).
     pub fn resource_version(&self) -> u64 {
         self.server.state.store.rv()
+    }
+
+    /// Waits until the controllers have caught up: the global resourceVersion
+    /// unchanged over a 50 ms window (at most 5 s). Controllers react to
+    /// writes asynchronously (a new namespace gets its ServiceAccount and
+    /// root CA, a claim its volume …), so a test that asserts "nothing was
+    /// written" reads the resourceVersion after this.
+    pub async fn settle(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut last = self.resource_version();
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let now = self.resource_version();
+            if now == last || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            last = now;
+        }
     }
 
     /// Creates per object since start.

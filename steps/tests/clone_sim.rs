@@ -327,6 +327,8 @@ async fn refusals_are_all_named_and_nothing_is_written_on_either_cluster() {
     )
     .await;
     apply_yaml(&dst, "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: shop-nginx}\nspec: {controller: other}\n").await;
+    s.src.settle().await;
+    s.dst.settle().await;
     let (src_rv, dst_rv) = (s.src.resource_version(), s.dst.resource_version());
     let (run, phase) = run_clone(&s, &spec("refused", "prod", "staging", "shop-copy")).await;
     assert_eq!(phase, Phase::Refused);
@@ -415,6 +417,7 @@ async fn a_volume_that_needs_the_data_mover_is_refused_without_a_bucket() {
     let s = setup(false).await;
     let src = clusters(&[&s.src]).get("prod").await.unwrap();
     apply_yaml(&src, "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: data, namespace: shop}\nspec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}\n").await;
+    s.dst.settle().await;
     let dst_rv = s.dst.resource_version();
     let (run, phase) = run_clone(&s, &spec("vols", "prod", "staging", "shop-copy")).await;
     assert_eq!(phase, Phase::Refused);
@@ -490,6 +493,8 @@ async fn injected_faults_and_commit_then_500_writes_are_retried_to_success() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_shows_the_plan_and_writes_nothing() {
     let s = setup(false).await;
+    s.src.settle().await;
+    s.dst.settle().await;
     let (src_rv, dst_rv) = (s.src.resource_version(), s.dst.resource_version());
     let env = CloneEnv {
         clusters: clusters(&[&s.src, &s.dst]),
