@@ -855,6 +855,15 @@ async fn a_cross_cluster_clone_moves_volume_data_through_the_bucket() {
         .decode()
         .unwrap();
     assert!(out.bytes > 3_000_000 && out.chunks_uploaded > 0, "{out:?}");
+    // The upload's checkpoints went into the run's log.
+    let progress = engine
+        .store()
+        .read(run, 0)
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(Event::decode(&e.event).unwrap(), Event::StepProgress { step, .. } if step.0 == "volume/db-copy/shared"))
+        .count();
+    assert!(progress >= 1, "upload checkpoints recorded");
     // No mover pod or temporary PVC of the run is left on either side.
     let sel = format!("ferry.dev/temporary=true,ferry.dev/run={run}");
     for c in [&src, &dst] {

@@ -236,10 +236,26 @@ impl Step for MoverVolumeStep {
             .ok_or_else(|| StepError::retryable("exec gave no stdout"))?;
         let errors = drain(tar.stderr());
         let status = tar.take_status();
-        let outcome = ferry_mover::Upload::new(bucket, &run, &volume)
-            .run(stdout)
-            .await
-            .map_err(mover_err)?;
+        // The mover reports checkpoints (bytes and chunks done) at a bounded
+        // rate; they go into the run's log, and a resumed attempt hands the
+        // last one back (it re-reads the source, skipping stored chunks).
+        let (cp_tx, mut cp_rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut upload = ferry_mover::Upload::new(bucket, &run, &volume).on_checkpoint(move |cp| {
+            let _ = cp_tx.send(cp.clone());
+        });
+        if let Some(cp) = ctx.checkpoint::<ferry_mover::UploadCheckpoint>() {
+            upload = upload.resume_from(cp);
+        }
+        let uploading = upload.run(stdout);
+        let recording = async {
+            while let Some(cp) = cp_rx.recv().await {
+                ctx.save_checkpoint(&cp, true).await?;
+            }
+            Ok::<(), StepError>(())
+        };
+        let (outcome, recorded) = tokio::join!(uploading, recording);
+        let outcome = outcome.map_err(mover_err)?;
+        recorded?;
         if let Err(e) = exit_ok(status, "tar -c in the source mover pod").await {
             return Err(StepError::retryable(format!(
                 "{}: {}",
