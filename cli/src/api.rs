@@ -637,16 +637,7 @@ async fn submit_clone(
     body: Bytes,
 ) -> ApiResult {
     let q = query(raw, &["dryRun"])?;
-    let dry_run = match q.get("dryRun").map(String::as_str) {
-        None | Some("false") => false,
-        Some("true") | Some("") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(
-                "dryRun",
-                format!("{other:?} is not true or false"),
-            ));
-        }
-    };
+    let dry_run = bool_param(&q, "dryRun")?;
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("body", format!("the body is not JSON: {e}")))?;
     let spec: CloneSpec = serde_json::from_value(value.clone())
@@ -750,16 +741,7 @@ async fn gc_chunks(
             format!("no bucket {name:?} in the config (known: {known:?})"),
         )
     })?;
-    let dry_run = match q.get("dryRun").map(String::as_str) {
-        None | Some("false") => false,
-        Some("true") | Some("") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(
-                "dryRun",
-                format!("{other:?} is not true or false"),
-            ));
-        }
-    };
+    let dry_run = bool_param(&q, "dryRun")?;
     let mut opts = ferry_mover::GcOptions {
         dry_run,
         ..Default::default()

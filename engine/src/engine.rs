@@ -161,22 +161,7 @@ impl Engine {
     }
 
     fn check_decls(&self, decls: &[StepDecl]) -> std::result::Result<(), String> {
-        for d in decls {
-            match self.inner.registry.get(&d.kind) {
-                None => return Err(format!("step {} has unknown kind {}", d.id, d.kind)),
-                Some(s) if s.version() != d.version => {
-                    return Err(format!(
-                        "step {} is kind {} version {}, this binary has version {}",
-                        d.id,
-                        d.kind,
-                        d.version,
-                        s.version()
-                    ));
-                }
-                Some(_) => {}
-            }
-        }
-        Ok(())
+        check_decls(&self.inner.registry, decls)
     }
 
     /// Records a new run (durably) and starts it.
@@ -423,6 +408,26 @@ impl Engine {
         self.inner.step_tasks.close();
         self.inner.step_tasks.wait().await;
     }
+}
+
+/// Every declared step's kind must be registered, at the recorded version.
+fn check_decls(registry: &Registry, decls: &[StepDecl]) -> std::result::Result<(), String> {
+    for d in decls {
+        match registry.get(&d.kind) {
+            None => return Err(format!("step {} has unknown kind {}", d.id, d.kind)),
+            Some(s) if s.version() != d.version => {
+                return Err(format!(
+                    "step {} is kind {} version {}, this binary has version {}",
+                    d.id,
+                    d.kind,
+                    d.version,
+                    s.version()
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 fn index_update(state: &RunState) -> IndexUpdate {
@@ -721,16 +726,7 @@ impl RunActor {
         let s = &self.state.steps[&id];
         let attempt = s.attempts + 1;
         let deadline_ms = s.deadline_ms.or(s.decl.deadline_ms.map(|d| now + d));
-        let step = self
-            .inner
-            .registry
-            .get(&s.decl.kind)
-            .cloned()
-            .ok_or_else(|| Error::Nondeterminism {
-                run: self.run,
-                seq: self.state.next_seq,
-                reason: format!("unknown step kind {}", s.decl.kind),
-            })?;
+        let step = self.step_type(&s.decl.kind)?;
         let input = s.decl.input.clone();
         let checkpoint = s.checkpoint.clone();
         let attempt_timeout = s.decl.attempt_timeout_ms;
@@ -936,21 +932,21 @@ impl RunActor {
     }
 
     fn check_extension(&self, decls: &[StepDecl]) -> std::result::Result<(), String> {
-        for d in decls {
-            match self.inner.registry.get(&d.kind) {
-                None => return Err(format!("step {} has unknown kind {}", d.id, d.kind)),
-                Some(s) if s.version() != d.version => {
-                    return Err(format!(
-                        "step {} has version {} (binary has {})",
-                        d.id,
-                        d.version,
-                        s.version()
-                    ));
-                }
-                Some(_) => {}
-            }
-        }
-        Ok(())
+        check_decls(&self.inner.registry, decls)
+    }
+
+    /// The registered step type of `kind`; a recorded kind this binary does
+    /// not know is nondeterminism for the run.
+    fn step_type(&self, kind: &str) -> Result<Arc<dyn crate::step::DynStep>> {
+        self.inner
+            .registry
+            .get(kind)
+            .cloned()
+            .ok_or_else(|| Error::Nondeterminism {
+                run: self.run,
+                seq: self.state.next_seq,
+                reason: format!("unknown step kind {kind}"),
+            })
     }
 
     /// When the next attempt of `step` starts, or None when none is allowed.
@@ -974,16 +970,7 @@ impl RunActor {
     /// Compensates one step (one try). Returns false if shutdown interrupted it.
     async fn compensate(&mut self, id: StepId) -> Result<bool> {
         let s = self.state.steps[&id].clone();
-        let step = self
-            .inner
-            .registry
-            .get(&s.decl.kind)
-            .cloned()
-            .ok_or_else(|| Error::Nondeterminism {
-                run: self.run,
-                seq: self.state.next_seq,
-                reason: format!("unknown step kind {}", s.decl.kind),
-            })?;
+        let step = self.step_type(&s.decl.kind)?;
         let ctx = CompensateCtx {
             run: self.run,
             step: id.clone(),
