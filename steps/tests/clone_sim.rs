@@ -223,6 +223,21 @@ async fn a_cross_cluster_clone_of_an_app_without_volumes_becomes_healthy() {
         .await
         .unwrap();
     assert_eq!(svc["spec"]["ports"][0]["port"], 8080);
+    // Autoscaling, disruption budget and scheduled jobs come along unchanged.
+    for (api_version, kind, name) in [
+        ("autoscaling/v2", "HorizontalPodAutoscaler", "api"),
+        ("policy/v1", "PodDisruptionBudget", "api"),
+        ("batch/v1", "CronJob", "report"),
+    ] {
+        let from = get(&src, api_version, kind, Some("shop"), name)
+            .await
+            .unwrap();
+        let to = get(&dst, api_version, kind, Some("shop-copy"), name)
+            .await
+            .unwrap_or_else(|| panic!("{kind} {name} cloned"));
+        assert_eq!(to["spec"], from["spec"], "{kind} {name}");
+        assert_eq!(to["metadata"]["labels"]["ferry.dev/run"], label.as_str());
+    }
     // Cluster-scoped dependencies created, labelled as this run's.
     let crd = get(
         &dst,
@@ -880,4 +895,181 @@ async fn a_cross_cluster_clone_moves_volume_data_through_the_bucket() {
                 .is_empty()
         );
     }
+}
+
+/// Waits until every pod of `ns` on `c` runs (the hooks exec into them).
+async fn pods_running(c: &Cluster, ns: &str, want: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let pods = c.list_kind_in("v1", "Pod", ns).await.unwrap();
+        let running = pods
+            .iter()
+            .filter(|p| p.pointer("/status/phase").and_then(Value::as_str) == Some("Running"))
+            .count();
+        if running >= want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{running} of {want} pods running in {ns}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn step_error(s: &Setup, run: RunId, step: &str) -> Option<String> {
+    s.engine.load(run).unwrap().steps[&step.into()]
+        .last_error
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_quiesce_the_source_around_its_snapshots_and_run_in_the_destination() {
+    let s = setup(false).await;
+    let src = clusters(&[&s.src]).get("prod").await.unwrap();
+    apply_yaml(&src, VOLUMES).await;
+    let pgdata = pv_dir(&src, "db", "data-pg-0").await;
+    std::fs::write(pgdata.join("PG_VERSION"), b"16\n").unwrap();
+    pods_running(&src, "db", 2).await;
+
+    // The pre hook marks the database frozen inside its volume; the
+    // snapshot must see the mark, and the thaw must remove it from the
+    // source. The post hook marks the destination's web volume.
+    let sp = CloneSpec::from_json(
+        &json!({"name": "hooked", "sourceContext": "prod", "destinationContext": "prod",
+        "namespaces": [{"source": "db", "destination": "db-copy"}],
+        "hooks": [
+            {"name": "freeze", "stage": "pre", "podSelector": "app=pg", "containerImage": "^postgres:",
+             "command": ["sh", "-c", "echo frozen > /var/lib/postgresql/data/FROZEN"],
+             "thawCommand": ["rm", "/var/lib/postgresql/data/FROZEN"], "timeoutSeconds": 30},
+            {"name": "warm", "stage": "post", "podSelector": "app=web",
+             "command": ["sh", "-c", "echo warmed > /srv/WARMED"], "timeoutSeconds": 60}
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let (run, phase) = run_clone(&s, &sp).await;
+    let state = s.engine.load(run).unwrap();
+    assert_eq!(
+        phase,
+        Phase::Succeeded,
+        "{:?}",
+        state
+            .steps
+            .values()
+            .map(|st| (st.decl.id.0.clone(), st.last_error.clone()))
+            .collect::<Vec<_>>()
+    );
+    let copy = pv_dir(&src, "db-copy", "data-pg-0").await;
+    assert_eq!(
+        std::fs::read(copy.join("FROZEN")).unwrap(),
+        b"frozen\n",
+        "the snapshot was taken while the pre hook held"
+    );
+    assert!(
+        !pgdata.join("FROZEN").exists(),
+        "the thaw ran on the source"
+    );
+    assert_eq!(std::fs::read(pgdata.join("PG_VERSION")).unwrap(), b"16\n");
+    assert_eq!(
+        std::fs::read(pv_dir(&src, "db-copy", "shared").await.join("WARMED")).unwrap(),
+        b"warmed\n",
+        "the post hook ran in the destination's web pod"
+    );
+    assert!(
+        !pv_dir(&src, "db", "shared").await.join("WARMED").exists(),
+        "the post hook never ran in the source"
+    );
+    // Where each hook ran is in the log, in order: freeze, snapshot, thaw.
+    let ran = |id: &str| -> ferry_steps::workflow::HookOutput {
+        state.steps[&id.into()]
+            .output
+            .as_ref()
+            .unwrap()
+            .decode()
+            .unwrap()
+    };
+    assert_eq!(ran("prehook/db/freeze").ran, vec!["pg-0/pg".to_owned()]);
+    assert_eq!(ran("thaw/db/freeze").ran, vec!["pg-0/pg".to_owned()]);
+    assert_eq!(ran("posthook/db-copy/warm").ran.len(), 1);
+    let order: Vec<String> = events(&s, run)
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepSucceeded { step, .. } => Some(step.0.clone()),
+            _ => None,
+        })
+        .filter(|id| id.contains("/db/") || id.starts_with("snapshot/db/data"))
+        .collect();
+    let at = |id: &str| order.iter().position(|x| x == id).unwrap();
+    assert!(at("prehook/db/freeze") < at("snapshot/db/data-pg-0"));
+    assert!(at("snapshot/db/data-pg-0") < at("thaw/db/freeze"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_hook_rolls_back_or_warns_as_its_on_error_says() {
+    let s = setup(false).await;
+    let src = clusters(&[&s.src]).get("prod").await.unwrap();
+    apply_yaml(&src, VOLUMES).await;
+    let pgdata = pv_dir(&src, "db", "data-pg-0").await;
+    pods_running(&src, "db", 2).await;
+
+    // A post hook that fails, with onError continue (the default for post
+    // hooks): the clone stands, with a warning naming the hook.
+    let warned = CloneSpec::from_json(
+        &json!({"name": "post-fails", "sourceContext": "prod", "destinationContext": "prod",
+        "namespaces": [{"source": "db", "destination": "db-warned"}],
+        "hooks": [{"name": "check", "stage": "post", "podSelector": "app=web",
+                   "command": ["sh", "-c", "echo cache cold >&2; exit 4"]}]})
+        .to_string(),
+    )
+    .unwrap();
+    let (run, phase) = run_clone(&s, &warned).await;
+    assert_eq!(phase, Phase::SucceededWithWarnings);
+    let err = step_error(&s, run, "posthook/db-warned/check").unwrap();
+    assert!(
+        err.contains("exit") && err.contains("cache cold"),
+        "the error names the exit and the hook's stderr: {err}"
+    );
+    let st = s.engine.load(run).unwrap();
+    assert!(
+        st.warnings
+            .iter()
+            .any(|w| w.contains("posthook/db-warned/check")),
+        "{:?}",
+        st.warnings
+    );
+    assert!(
+        get(&src, "v1", "Namespace", None, "db-warned")
+            .await
+            .is_some()
+    );
+
+    // A pre hook that quiesces, then fails (onError fail, the default for
+    // pre hooks): the clone rolls back, and the compensation thaws.
+    let failed = CloneSpec::from_json(
+        &json!({"name": "pre-fails", "sourceContext": "prod", "destinationContext": "prod",
+        "namespaces": [{"source": "db", "destination": "db-failed"}],
+        "hooks": [{"name": "freeze", "stage": "pre", "podSelector": "app=pg",
+                   "command": ["sh", "-c", "echo frozen > /var/lib/postgresql/data/FROZEN; exit 3"],
+                   "thawCommand": ["rm", "-f", "/var/lib/postgresql/data/FROZEN"]}]})
+        .to_string(),
+    )
+    .unwrap();
+    let (run, phase) = run_clone(&s, &failed).await;
+    assert_eq!(phase, Phase::RolledBack);
+    let err = step_error(&s, run, "prehook/db/freeze").unwrap();
+    assert!(err.contains("exit status 3"), "{err}");
+    assert!(
+        !pgdata.join("FROZEN").exists(),
+        "the pre hook's compensation ran the thaw"
+    );
+    assert!(events(&s, run).iter().any(
+        |e| matches!(e, Event::StepCompensated { step, .. } if step.0 == "prehook/db/freeze")
+    ));
+    assert!(
+        get(&src, "v1", "Namespace", None, "db-failed")
+            .await
+            .is_none(),
+        "nothing of the rolled-back clone is left"
+    );
 }

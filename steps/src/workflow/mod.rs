@@ -8,10 +8,10 @@
 //! file with its compensation beside it.
 //!
 //! Volumes are cloned in place through CSI snapshots (same cluster, same
-//! driver). What this build does not carry yet — volume data through the
-//! data mover (another cluster or driver, or a driver that cannot
-//! snapshot) and execution hooks — preflight refuses with a reason that says
-//! so, before anything is written: a clone never runs with empty volumes.
+//! driver), or through the data mover and a bucket (another cluster or
+//! driver, or a driver that cannot snapshot). Execution hooks run in the
+//! app's pods around the snapshots (pre hooks and their thaws) and after
+//! apply (post hooks).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +27,7 @@ use crate::spec::CloneSpec;
 mod apply;
 mod cleanup;
 mod health;
+mod hooks;
 mod mover;
 mod namespaces;
 mod preflight_step;
@@ -35,6 +36,7 @@ mod volumes;
 pub use apply::ApplyStep;
 pub use cleanup::CleanupStep;
 pub use health::{HealthOutput, HealthStep, workload_ready};
+pub use hooks::{HookInput, HookOutput, PostHookStep, PreHookStep, ThawStep};
 pub use mover::{MoverOutput, MoverVolumeStep};
 pub use namespaces::NamespacesStep;
 pub use preflight_step::PreflightStep;
@@ -134,6 +136,15 @@ impl CloneWorkflow {
                 env: self.env.clone(),
             })
             .register(MoverVolumeStep {
+                env: self.env.clone(),
+            })
+            .register(PreHookStep {
+                env: self.env.clone(),
+            })
+            .register(ThawStep {
+                env: self.env.clone(),
+            })
+            .register(PostHookStep {
                 env: self.env.clone(),
             });
     }

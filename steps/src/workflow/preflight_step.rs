@@ -12,7 +12,7 @@ use crate::cluster::Cluster;
 use crate::plan::StepKind;
 use crate::preflight::DestinationFacts;
 use crate::prepare::{Prepared, prepare};
-use crate::spec::CloneSpec;
+use crate::spec::{CloneSpec, HookStage};
 use crate::transform::{TransformContext, transform_inventory};
 
 /// Cluster-scoped kinds read on both sides: the app's dependencies, storage,
@@ -63,7 +63,7 @@ pub(super) async fn gather(
     let prepared = prepare(spec, objects, &facts, &env.preflight)
         .map_err(|e| StepError::permanent(format!("preflight: {e}")))?;
 
-    let mut refusals: Vec<Refusal> = prepared
+    let refusals: Vec<Refusal> = prepared
         .report
         .refusals
         .iter()
@@ -73,16 +73,6 @@ pub(super) async fn gather(
             fix: r.fix.clone(),
         })
         .collect();
-    // Volumes through the mover are refused by the rules themselves
-    // (`mover_available` is false in this build).
-    for h in &spec.hooks {
-        refusals.push(Refusal {
-            object: format!("hook {}", h.name),
-            rule: "execution hooks are not supported by this build of ferry".into(),
-            fix: "remove the hooks from the clone".into(),
-        });
-    }
-
     Ok((prepared, refusals))
 }
 
@@ -205,17 +195,20 @@ impl Step for PreflightStep {
                     "volume"
                 }
                 StepKind::Volume => "volume-mover",
-                // Refused above: no mover or hook step reaches here.
-                other => {
-                    return Err(StepError::permanent(format!(
-                        "step kind {other:?} ({:?}) is not built",
-                        s.path
-                    )));
-                }
+                StepKind::PreHook => "prehook",
+                StepKind::Thaw => "thaw",
+                StepKind::PostHook => "posthook",
+                StepKind::Preflight => continue,
             };
             let deps: Vec<&str> = s.depends_on.iter().map(String::as_str).collect();
             let mut d = decl(&s.id, kind, &deps);
             d.critical = s.critical;
+            if matches!(
+                s.kind,
+                StepKind::PreHook | StepKind::Thaw | StepKind::PostHook
+            ) {
+                hook_decl(&spec, s, &mut d)?;
+            }
             if matches!(s.kind, StepKind::Snapshot | StepKind::Volume) {
                 let v = prepared
                     .report
@@ -291,4 +284,45 @@ impl Step for PreflightStep {
         // Nothing on any cluster; the bundle blob goes with the run's retention.
         Ok(())
     }
+}
+
+/// A hook step's input, criticality and time limits, from its plan entry
+/// (`<stage>/<namespace>/<hook>`) and the spec.
+fn hook_decl(
+    spec: &CloneSpec,
+    s: &crate::plan::PlanStep,
+    d: &mut StepDecl,
+) -> Result<(), StepError> {
+    let bad = || StepError::permanent(format!("hook step {} does not name its hook", s.id));
+    let mut parts = s.id.splitn(3, '/');
+    let (Some(_), Some(namespace), Some(hook)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(bad());
+    };
+    let stage = if s.kind == StepKind::PostHook {
+        HookStage::Post
+    } else {
+        HookStage::Pre
+    };
+    let h = spec
+        .hooks
+        .iter()
+        .find(|h| h.stage == stage && h.name == hook)
+        .ok_or_else(bad)?;
+    d.input = ferry_engine::Json::encode(&super::HookInput {
+        hook: hook.into(),
+        namespace: namespace.into(),
+    })
+    .map_err(|e| StepError::permanent(e.to_string()))?;
+    if s.kind != StepKind::Thaw {
+        d.critical = super::hooks::critical(h);
+    }
+    // A post hook may first wait up to its timeout for its pods, then run
+    // up to its timeout; a minute more for the exec's own round trips.
+    let waits = if s.kind == StepKind::PostHook { 2 } else { 1 };
+    d.attempt_timeout_ms = Some(
+        h.timeout_seconds
+            .saturating_mul(1000 * waits)
+            .saturating_add(60_000),
+    );
+    Ok(())
 }
