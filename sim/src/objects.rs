@@ -95,7 +95,11 @@ fn ns_gr() -> GroupResource {
     GroupResource::new("", "namespaces")
 }
 
-/// Field paths of everything in `v`, in the `FieldsV1` `f:` notation (lists are leaves).
+/// Field paths of everything in `v`, in the `FieldsV1` `f:` notation. A
+/// list of objects with a merge key records one `k:{…}` entry per item, as
+/// the API server does for associative lists (ports by port and protocol,
+/// container ports by containerPort and protocol, mounts by mountPath,
+/// containers, volumes and env by name); other lists are leaves.
 fn fields_of(v: &Value) -> Value {
     match v {
         Value::Object(m) => Value::Object(
@@ -104,8 +108,38 @@ fn fields_of(v: &Value) -> Value {
                 .map(|(k, v)| (format!("f:{k}"), fields_of(v)))
                 .collect(),
         ),
+        Value::Array(items) => Value::Object(
+            items
+                .iter()
+                .filter_map(|item| {
+                    let key = merge_key(item)?;
+                    let mut fields = fields_of(item);
+                    if let Some(f) = fields.as_object_mut() {
+                        f.insert(".".into(), json!({}));
+                    }
+                    Some((format!("k:{key}"), fields))
+                })
+                .collect(),
+        ),
         _ => json!({}),
     }
+}
+
+/// The merge key of an associative list's item, as `fieldsV1` spells it
+/// (keys in alphabetical order), or `None` for items of other lists.
+fn merge_key(item: &Value) -> Option<String> {
+    let o = item.as_object()?;
+    let protocol = || o.get("protocol").cloned().unwrap_or_else(|| json!("TCP"));
+    let key = if let Some(port) = o.get("port").filter(|p| p.is_number()) {
+        json!({"port": port, "protocol": protocol()})
+    } else if let Some(port) = o.get("containerPort") {
+        json!({"containerPort": port, "protocol": protocol()})
+    } else if let Some(path) = o.get("mountPath") {
+        json!({"mountPath": path})
+    } else {
+        json!({"name": o.get("name").filter(|n| n.is_string())?})
+    };
+    Some(key.to_string())
 }
 
 /// The `fieldsV1` set recorded for an apply body.

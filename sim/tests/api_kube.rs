@@ -373,6 +373,26 @@ async fn patches_of_all_types() -> Result<()> {
     let mf = o.metadata.managed_fields.unwrap();
     assert_eq!(mf[0].manager.as_deref(), Some("ferry"));
     assert_eq!(mf[0].operation.as_deref(), Some("Apply"));
+    // Associative lists record one entry per item, keyed as the API server
+    // keys them: a Service's ports by port and protocol.
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(client.clone(), "default");
+    let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "np", "namespace": "default"},
+        "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]}});
+    let s = services
+        .patch(
+            "np",
+            &PatchParams::apply("ferry").force(),
+            &Patch::Apply(&svc),
+        )
+        .await?;
+    let fields = serde_json::to_value(&s.metadata.managed_fields.unwrap()[0].fields_v1).unwrap();
+    assert!(
+        fields["f:spec"]["f:ports"][r#"k:{"port":80,"protocol":"TCP"}"#]
+            .get("f:nodePort")
+            .is_some(),
+        "{fields}"
+    );
     // The object's own resourceVersion: the cluster-wide one also moves
     // with the controllers running in the background.
     let before = o.metadata.resource_version.clone();

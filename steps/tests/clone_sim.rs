@@ -134,6 +134,72 @@ fn events(s: &Setup, run: RunId) -> Vec<Event> {
         .collect()
 }
 
+/// An object as a user compares it: without what the server sets, and
+/// with this run's id replaced by `RUN`.
+fn normalized(mut o: Value) -> Value {
+    if let Some(m) = o["metadata"].as_object_mut() {
+        for f in [
+            "uid",
+            "resourceVersion",
+            "creationTimestamp",
+            "managedFields",
+            "generation",
+            "selfLink",
+        ] {
+            m.remove(f);
+        }
+        if let Some(run) = m.get_mut("labels").and_then(|l| l.get_mut("ferry.dev/run")) {
+            *run = json!("RUN");
+        }
+    }
+    if let Some(m) = o.as_object_mut() {
+        m.remove("status");
+    }
+    if o["kind"] == "Service"
+        && let Some(spec) = o["spec"].as_object_mut()
+    {
+        spec.remove("clusterIP");
+        spec.remove("clusterIPs");
+    }
+    o
+}
+
+/// Compares `got` with the YAML fixture at `path` (relative to this
+/// file), object by object and field by field; `FERRY_BLESS=1` rewrites
+/// the fixture instead (review its diff before committing it).
+fn compare_with_fixture(got: &[Value], path: &str) {
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(path);
+    if std::env::var_os("FERRY_BLESS").is_some() {
+        let mut text = String::new();
+        for o in got {
+            text.push_str("---\n");
+            text.push_str(&serde_yaml::to_string(o).unwrap());
+        }
+        std::fs::write(&file, text).unwrap();
+        return;
+    }
+    let want: Vec<Value> =
+        serde_yaml::Deserializer::from_str(&std::fs::read_to_string(&file).unwrap())
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .filter(|v: &Value| !v.is_null())
+            .collect();
+    let names = |v: &[Value]| -> Vec<String> {
+        v.iter()
+            .map(|o| format!("{} {}", o["kind"], o["metadata"]["name"]))
+            .collect()
+    };
+    assert_eq!(names(got), names(&want), "the same objects as {path}");
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(
+            g, w,
+            "{} {} differs from {path}",
+            g["kind"], g["metadata"]["name"]
+        );
+    }
+}
+
 async fn get(
     c: &Cluster,
     api_version: &str,
@@ -270,6 +336,31 @@ async fn a_cross_cluster_clone_of_an_app_without_volumes_becomes_healthy() {
     .await
     .expect("custom resource cloned");
     assert_eq!(cart["spec"]["items"], 3);
+    // Every object of the run on the destination equals the checked-in
+    // fixture field by field, server-set fields aside.
+    let mut got: Vec<Value> = dst
+        .list_namespace("shop-copy")
+        .await
+        .unwrap()
+        .into_iter()
+        .chain(
+            dst.list_kind("v1", "Namespace", None)
+                .await
+                .unwrap()
+                .into_iter(),
+        )
+        .filter(|o| o["metadata"]["labels"]["ferry.dev/run"] == label.as_str())
+        .map(normalized)
+        .collect();
+    got.sort_by_key(|o| {
+        format!(
+            "{}/{}/{}",
+            o["kind"].as_str().unwrap_or(""),
+            o["metadata"]["namespace"].as_str().unwrap_or(""),
+            o["metadata"]["name"].as_str().unwrap_or("")
+        )
+    });
+    compare_with_fixture(&got, "fixtures/expected/sim-cross-cluster.yaml");
     // Secret data never reaches the log.
     let mut out = Vec::new();
     ferry_engine::export_run(s.engine.store(), run, &mut out, &|v| v).unwrap();
