@@ -165,6 +165,39 @@ pub struct HookSpec {
     pub on_error: Option<OnError>,
 }
 
+/// What a daemon's config says for hooks that do not say themselves
+/// (`[hooks]` in ferry's TOML).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HookDefaults {
+    /// `timeoutSeconds` for hooks without one (else
+    /// [`DEFAULT_HOOK_TIMEOUT_SECONDS`]).
+    pub timeout_seconds: Option<u64>,
+    /// `onError` for hooks without one (else fail for pre hooks, continue
+    /// for post hooks).
+    pub on_error: Option<OnError>,
+}
+
+impl HookDefaults {
+    /// Writes the defaults into each hook of a spec as JSON that does not
+    /// give the field, before the spec is parsed: the spec the log records
+    /// then says what will run, whatever the config says after a restart.
+    pub fn fill(&self, spec: &mut Value) {
+        let Some(hooks) = spec.get_mut("hooks").and_then(Value::as_array_mut) else {
+            return;
+        };
+        for h in hooks.iter_mut().filter_map(Value::as_object_mut) {
+            if let Some(t) = self.timeout_seconds {
+                h.entry("timeoutSeconds").or_insert(t.into());
+            }
+            if let Some(e) = self.on_error
+                && let Ok(e) = serde_json::to_value(e)
+            {
+                h.entry("onError").or_insert(e);
+            }
+        }
+    }
+}
+
 fn default_hook_timeout() -> u64 {
     DEFAULT_HOOK_TIMEOUT_SECONDS
 }

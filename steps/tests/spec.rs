@@ -164,3 +164,35 @@ fn hook_stage_and_on_error_defaults() {
     assert_eq!(s.hooks[0].stage, HookStage::Pre);
     assert_eq!(s.hooks[1].timeout_seconds, 25 * 60);
 }
+
+#[test]
+fn a_daemons_hook_defaults_fill_only_what_a_hook_leaves_out() {
+    use ferry_steps::spec::{HookDefaults, HookStage, OnError};
+    let mut raw = serde_json::json!({
+    "name": "c", "sourceContext": "a", "destinationContext": "b",
+    "namespaces": [{"source": "x", "destination": "y"}],
+    "hooks": [
+        {"name": "q", "stage": "pre", "command": ["sync"]},
+        {"name": "w", "stage": "post", "command": ["true"], "timeoutSeconds": 7, "onError": "fail"}
+    ]});
+    HookDefaults {
+        timeout_seconds: Some(300),
+        on_error: Some(OnError::Continue),
+    }
+    .fill(&mut raw);
+    let s = spec(raw);
+    assert_eq!(s.hooks[0].stage, HookStage::Pre);
+    assert_eq!(s.hooks[0].timeout_seconds, 300);
+    assert_eq!(s.hooks[0].on_error(), OnError::Continue);
+    assert_eq!(s.hooks[1].timeout_seconds, 7, "a hook's own value wins");
+    assert_eq!(s.hooks[1].on_error(), OnError::Fail);
+    // No defaults configured: the spec's own defaults.
+    let mut raw = serde_json::json!({
+        "name": "c", "sourceContext": "a", "destinationContext": "b",
+        "namespaces": [{"source": "x", "destination": "y"}],
+        "hooks": [{"name": "w", "stage": "post", "command": ["true"]}]});
+    HookDefaults::default().fill(&mut raw);
+    let s = spec(raw);
+    assert_eq!(s.hooks[0].timeout_seconds, 1500);
+    assert_eq!(s.hooks[0].on_error(), OnError::Continue);
+}
