@@ -396,7 +396,8 @@ impl Engine {
     /// Stops every run at once, appending nothing: what a crash does. For
     /// tests that simulate `kill -9` inside one process.
     pub async fn abort(&self) {
-        self.inner.shutdown.cancel();
+        // The actors stop before anything can see a shutdown: an actor that
+        // saw it first would append StepSuspended, which a crash never does.
         let handles: Vec<_> = std::mem::take(&mut *self.inner.actors.lock().expect("actors lock"));
         for h in &handles {
             h.abort();
@@ -404,7 +405,9 @@ impl Engine {
         for h in handles {
             let _ = h.await;
         }
-        // The aborted actors dropped their step tasks; wait until those are gone too.
+        // The orphaned step tasks see the shutdown and end; nothing of
+        // theirs reaches the log without an actor.
+        self.inner.shutdown.cancel();
         self.inner.step_tasks.close();
         self.inner.step_tasks.wait().await;
     }
