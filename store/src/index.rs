@@ -1,7 +1,8 @@
 //! The run index and the key layout in sled.
 //!
-//! Everything lives in sled's default tree, told apart by a one-byte prefix,
-//! so that a run's events and its index entry go into one atomic `Batch`:
+//! Everything lives in sled's default tree, told apart by a one-byte prefix. A
+//! run's events and its index entry are one commit (one WAL record, see
+//! `wal.rs`), applied to sled together:
 //!
 //! | key | value |
 //! |---|---|
@@ -10,6 +11,7 @@
 //! | `n` ++ name (UTF-8) | run (16) |
 //! | `b` ++ run (16) ++ blob hash (32) | empty: the run owns the blob |
 //! | `B` ++ blob hash (32) ++ run (16) | empty: reverse of `b`, to know when a blob is unowned |
+//! | `w` | the number of the last WAL commit applied (u64 BE), written with every commit |
 
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +23,7 @@ pub(crate) const RUN: u8 = b'r';
 pub(crate) const NAME: u8 = b'n';
 pub(crate) const BLOB_OWNER: u8 = b'b';
 pub(crate) const BLOB_BY_HASH: u8 = b'B';
+pub(crate) const WAL_MARK: u8 = b'w';
 
 const SUMMARY_V1: u8 = 1;
 
@@ -156,6 +159,16 @@ pub(crate) fn blob_by_hash_key(hash: &Hash, run: RunId) -> Vec<u8> {
     let mut k = blob_by_hash_prefix(hash);
     k.extend_from_slice(run.as_bytes());
     k
+}
+
+/// The key of sled's commit mark: the last WAL commit applied to sled.
+pub(crate) fn wal_mark_key() -> [u8; 1] {
+    [WAL_MARK]
+}
+
+/// Decodes sled's commit mark.
+pub(crate) fn decode_wal_mark(value: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(value.try_into().ok()?))
 }
 
 /// The seq in an event key, if the key is one.

@@ -17,14 +17,18 @@
 //! ```text
 //! DIR/LOCK          exclusive lock: one Store per state dir
 //! DIR/CLEAN         written at clean shutdown, removed at open: a digest of
-//!                   every run's head, to catch runs sled lost at rest
+//!                   every run's head and sled's commit mark, to catch runs
+//!                   sled lost at rest
+//! DIR/wal/0, 1      the write-ahead log: two preallocated segments used in
+//!                   turn (see `wal.rs` for the framing)
 //! DIR/sled/         the sled 0.34.7 database (DIR/sled/db is its data file,
-//!                   fdatasynced by the committer after each flush)
+//!                   fdatasynced by the syncer after each flush)
 //! DIR/blobs/<hex>   blob files, named by the hex BLAKE3 of their stored bytes
 //! ```
 //!
-//! In sled, everything is in the default tree under one-byte key prefixes, so
-//! a run's events and its index entry are written in one atomic batch:
+//! In sled, everything is in the default tree under one-byte key prefixes. A
+//! run's events and its index entry are written together, as one commit (see
+//! "Durability"):
 //!
 //! | key | value |
 //! |---|---|
@@ -33,16 +37,46 @@
 //! | `n` ++ name (UTF-8) | run: names are unique |
 //! | `b` ++ run ++ blob hash | empty: the run owns the blob (retention) |
 //! | `B` ++ blob hash ++ run | empty: the reverse, to know when a blob is unowned |
+//! | `w` | sled's commit mark: the last WAL commit applied (u64 big-endian) |
 //!
 //! Big-endian seqs make a prefix scan read a run's log in order; the run id
 //! (UUID v7) makes the index list runs in creation order.
 //!
 //! # Durability
 //!
-//! Appends go to a committer thread (see `committer.rs`) that groups them,
-//! writes one sled batch, flushes, and fdatasyncs sled's data file — sled's own
-//! flush does not fsync (sled issue #1452). Only then are appends acknowledged
-//! and subscribers told. A failed flush or fsync poisons the store.
+//! Appends go to a committer thread (see `committer.rs`) that groups them
+//! into one *commit*: one record in the write-ahead log (`wal.rs`) and one
+//! fdatasync of the WAL. Only then are appends acknowledged and subscribers
+//! told. The commit is applied to sled afterwards (for a lone writer, just
+//! before the answer), key by key and without flushing sled; a read of sled
+//! first waits for the commits it was told about. A commit is atomic through
+//! the WAL, not through sled: its record is whole or discarded, and recovery
+//! applies whole records. A syncer thread makes sled durable every half
+//! second (flush, then fdatasync of sled's data file — sled's own flush does
+//! not fsync, sled issue #1452); the last commit it made durable is the *sync
+//! point*, and WAL records up to it are no longer needed. Segments are reused
+//! once sled holds their commits. Any failed write or fsync poisons the store.
+//!
+//! # Recovery
+//!
+//! After a crash, sled may have lost everything after its last sync: that is
+//! expected, and the WAL holds it. [`Store::open`] reads the WAL, discards a
+//! torn record at its end (a write cut short, never acknowledged), and
+//! applies every commit after the sync point to sled again, in order;
+//! applying a commit sled already holds is harmless. Then it makes sled
+//! durable and starts a new WAL segment. It refuses to open, naming the file
+//! and what to do, when:
+//!
+//! - a WAL record in the middle does not read back while a later one does
+//!   (damage, not a torn tail: acknowledged commits would be lost);
+//! - sled's commit mark is behind the sync point: sled lost records it had
+//!   made durable (sled silently truncates its log at a damaged record);
+//! - sled's commit mark is ahead of the WAL's end: the WAL lost records.
+//!
+//! After a clean shutdown (sled synced, the WAL ended by a *closed* segment)
+//! the `CLEAN` marker is the check instead: the index must match its digest
+//! and sled's commit mark its mark. An operator who accepts a loss that the
+//! open refused deletes `CLEAN` (after a clean shutdown) or empties `DIR/wal`.
 
 mod blobs;
 mod clean;
@@ -51,8 +85,9 @@ mod envelope;
 mod error;
 mod ids;
 mod index;
+mod wal;
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -66,7 +101,7 @@ pub use error::{Error, Result};
 pub use ids::{Hash, Key32, RunId, genesis_hash, hex};
 pub use index::{IndexUpdate, RunSummary, head_mac};
 
-use committer::{AppendRequest, CommitState, Durable, Shared};
+use committer::{AppendRequest, CommitState, Durable, Shared, SyncerStop};
 
 /// Bound of the append queue: callers wait (asynchronously) when it is full.
 const QUEUE: usize = 1024;
@@ -123,6 +158,7 @@ struct Inner {
     // Field order is drop order: stop the committer, then close sled, then unlock.
     tx: Option<mpsc::Sender<AppendRequest>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    syncer: Option<(Arc<SyncerStop>, std::thread::JoinHandle<()>)>,
     /// `None` only while dropping.
     shared: Option<Arc<Shared>>,
     sled_data_path: PathBuf,
@@ -144,15 +180,24 @@ impl Drop for Inner {
             committer_ok = false;
             tracing::error!("the store's committer thread panicked");
         }
+        if let Some((stop, t)) = self.syncer.take() {
+            stop.stop();
+            if t.join().is_err() {
+                tracing::error!("the store's sled syncer thread panicked");
+            }
+        }
         if let Some(shared) = self.shared.take() {
             // Only a store whose every write was acknowledged and synced vouches
             // for the index; a poisoned one (or a committer that died mid-group)
-            // may have left unacknowledged writes in sled.
-            if committer_ok
-                && !shared.is_poisoned()
-                && let Err(e) = clean::write(&shared.dir, &shared.read_state())
-            {
-                tracing::warn!(error = %e, "cannot write the clean-shutdown marker");
+            // may have left unacknowledged writes in sled, and leaves the WAL
+            // to the next open.
+            if committer_ok && !shared.is_poisoned() {
+                let closed = shared.close();
+                if let Err(e) =
+                    closed.and_then(|mark| clean::write(&shared.dir, &shared.read_state(), mark))
+                {
+                    tracing::warn!(error = %e, "cannot shut the store down cleanly; the next open recovers from the WAL");
+                }
             }
         }
         wait_for_sled_release(&self.sled_data_path);
@@ -195,12 +240,14 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Opens (creating if needed) the state dir, takes its lock, opens sled,
-    /// loads the run index and starts the committer.
+    /// recovers from the write-ahead log, loads the run index and starts the
+    /// committer.
     ///
     /// # Errors
     /// [`Error::Locked`] if another `Store` — in this process or another — has
-    /// the dir; [`Error::Open`] naming the path if the dir or the sled database
-    /// cannot be opened (a damaged database included).
+    /// the dir; [`Error::Open`] naming the path if the dir, the sled database
+    /// or the write-ahead log cannot be opened: damaged, or not holding what
+    /// the other says it must (see the crate docs, "Recovery").
     pub fn open(opts: StoreOptions) -> Result<Store> {
         let dir = opts.dir;
         let open_err = |path: &Path| {
@@ -236,8 +283,117 @@ impl Store {
         let sled_data_path = data_path.clone();
         blobs::fsync_dir(&sled_dir)?;
         blobs::fsync_dir(&dir)?;
-        let state = load_index(&db, &sled_dir)?;
-        clean::check_and_clear(&dir, &state)?;
+
+        let sled_err = |e: sled::Error| Error::Open {
+            path: sled_dir.clone(),
+            source: Box::new(e),
+        };
+        let found_mark = read_wal_mark(&db).map_err(sled_err)?;
+        let clean_marker = clean::read(&dir)?;
+        let wal_dir = dir.join("wal");
+        let (mut wal, recovery) = wal::Wal::open(&wal_dir, found_mark)?;
+        if recovery.created && found_mark.is_some() {
+            tracing::warn!(path = %wal_dir.display(), sled.mark = ?found_mark, "the write-ahead log was emptied: opening what sled holds");
+        }
+        if let Some(torn) = &recovery.torn {
+            tracing::warn!(%torn, "write-ahead log: discarded a torn record");
+        }
+        let mark = found_mark.unwrap_or(0);
+        // After a clean shutdown, CLEAN is the check (below); without it, the
+        // operator deleted CLEAN to accept what sled holds.
+        if !recovery.closed {
+            if mark < recovery.sync_point {
+                return Err(Error::Open {
+                    path: sled_dir.clone(),
+                    source: format!(
+                        "sled's database holds WAL commits up to {mark}, but the write-ahead log \
+                         records that commits up to {} were durable in it: sled lost records it \
+                         had synced (it silently truncates its log at a damaged record), and the \
+                         log no longer holds them. Restore the state dir from a backup; to open \
+                         what is left instead, empty {} (the commits after {mark} are then lost)",
+                        recovery.sync_point,
+                        wal_dir.display()
+                    )
+                    .into(),
+                });
+            }
+            if mark > recovery.last {
+                return Err(Error::Open {
+                    path: wal_dir.clone(),
+                    source: format!(
+                        "the write-ahead log ends at commit {}, but sled has applied commit {mark} \
+                         from it: the log lost records it had made durable (a damaged file). \
+                         Restore the state dir from a backup; to open what sled holds instead, \
+                         empty {}",
+                        recovery.last,
+                        wal_dir.display()
+                    )
+                    .into(),
+                });
+            }
+        }
+        let mut records = recovery.records;
+        if recovery.closed && clean_marker.is_none() && mark < recovery.sync_point {
+            // The operator deleted CLEAN to accept what sled holds. sled keeps
+            // a commit's keys one by one, so its loss may end inside a commit:
+            // complete what the WAL still holds, in order.
+            tracing::warn!(
+                sled.mark = mark,
+                wal.sync_point = recovery.sync_point,
+                restored = recovery.lost.len(),
+                "the clean-shutdown marker was removed: opening what sled holds, although it lost synced commits; restoring those the WAL still holds"
+            );
+            records.splice(0..0, recovery.lost);
+        }
+        let replayed = records.len() as u64;
+        let mut lacked = 0;
+        let mut mark_now = found_mark;
+        for (commit, payload) in records {
+            let batch = wal::Batch::decode(&payload).map_err(|e| Error::Open {
+                path: wal_dir.clone(),
+                source: format!("commit {commit} in the write-ahead log does not decode: {e}")
+                    .into(),
+            })?;
+            if commit > mark {
+                lacked += 1;
+            }
+            batch.apply_to(&db, commit).map_err(sled_err)?;
+            mark_now = Some(commit);
+        }
+        if replayed > 0 {
+            tracing::info!(
+                replayed,
+                sled.lacked = lacked,
+                last = recovery.last,
+                "write-ahead log replayed into sled"
+            );
+        }
+        let mut synced_blobs = HashSet::new();
+        let sync = |synced_blobs: &mut HashSet<_>| {
+            committer::sync_sled_files(&db, &data_file, &data_path, &sled_dir, synced_blobs)
+                .map_err(|cause| Error::Open {
+                    path: sled_dir.clone(),
+                    source: cause.into(),
+                })
+        };
+        sync(&mut synced_blobs)?;
+        let mut state = load_index(&db, &sled_dir)?;
+        clean::check_and_clear(&dir, clean_marker, &state, mark_now.unwrap_or(0))?;
+        // From here on, sled is declared to hold every commit up to `base`
+        // (the numbers after it have never been used), and the WAL starts anew.
+        let base = mark_now
+            .unwrap_or(0)
+            .max(recovery.sync_point)
+            .max(recovery.last);
+        if mark_now != Some(base) && (base > 0 || mark_now.is_some()) {
+            wal::Batch::default()
+                .apply_to(&db, base)
+                .map_err(sled_err)?;
+            sync(&mut synced_blobs)?;
+        }
+        wal.rotate(base, base + 1, 0, false)
+            .map_err(open_err(&wal_dir))?;
+        state.published = base;
         let shared = Arc::new(Shared {
             db,
             dir: dir.clone(),
@@ -250,17 +406,35 @@ impl Store {
             poisoned: false.into(),
             fail_next_sync: false.into(),
             syncs: 0.into(),
-            commit_mu: Default::default(),
+            wal: wal.into(),
+            applied: base.into(),
+            applied_mu: Default::default(),
+            applied_cv: Default::default(),
+            applied_watch: watch::channel((base, false)).0,
+            apply_broken: false.into(),
+            sync_point: base.into(),
+            sled_sync_paused: false.into(),
+            replayed: (replayed, lacked),
             state: state.into(),
-            synced_sled_blobs: Default::default(),
+            synced_sled_blobs: synced_blobs.into(),
         });
         let (tx, rx) = mpsc::channel(QUEUE);
         let thread = committer::spawn(shared.clone(), rx).map_err(open_err(&dir))?;
-        tracing::debug!(dir = %dir.display(), "store opened");
+        let stop = Arc::new(SyncerStop::default());
+        let syncer = match committer::spawn_syncer(shared.clone(), stop.clone()) {
+            Ok(t) => t,
+            Err(e) => {
+                drop(tx);
+                let _ = thread.join();
+                return Err(open_err(&dir)(e));
+            }
+        };
+        tracing::debug!(dir = %dir.display(), commit = base, "store opened");
         Ok(Store {
             inner: Arc::new(Inner {
                 tx: Some(tx),
                 thread: Some(thread),
+                syncer: Some((stop, syncer)),
                 shared: Some(shared),
                 sled_data_path,
                 _lock: lock,
@@ -285,21 +459,44 @@ impl Store {
         self.shared().is_poisoned()
     }
 
-    /// Test seam: the next flush+sync fails as if fdatasync had, poisoning the store.
+    /// Test seam: the next commit's WAL fdatasync fails as if fdatasync had,
+    /// poisoning the store.
     #[doc(hidden)]
     pub fn inject_sync_failure(&self) {
         self.shared().fail_next_sync.store(true, Ordering::SeqCst);
     }
 
-    /// Test seam: how many flush+syncs the store has run.
+    /// Test seam: how many commits the store has fdatasynced to the WAL.
     #[doc(hidden)]
     pub fn sync_count(&self) -> u64 {
         self.shared().syncs.load(Ordering::SeqCst)
     }
 
-    /// Appends `events` to `run`'s log; durable (flushed and fdatasynced) when it
-    /// returns. Every envelope gets `at_ms`. The run's index entry is updated from
-    /// `update` in the same atomic batch.
+    /// Test seam: while paused, the background sync leaves sled unsynced, so
+    /// that acknowledged commits live only in the WAL until a clean shutdown.
+    #[doc(hidden)]
+    pub fn pause_sled_sync(&self, paused: bool) {
+        self.shared()
+            .sled_sync_paused
+            .store(paused, Ordering::SeqCst);
+    }
+
+    /// Test seam: makes sled durable now and advances the sync point.
+    #[doc(hidden)]
+    pub fn sync_sled_now(&self) -> Result<()> {
+        self.shared().sync_sled()
+    }
+
+    /// Test seam: what this open replayed from the WAL: (commits replayed,
+    /// how many of them sled lacked).
+    #[doc(hidden)]
+    pub fn wal_replayed(&self) -> (u64, u64) {
+        self.shared().replayed
+    }
+
+    /// Appends `events` to `run`'s log; durable (written to the write-ahead log
+    /// and fdatasynced) when it returns. Every envelope gets `at_ms`. The run's
+    /// index entry is updated from `update` in the same commit.
     ///
     /// # Errors
     /// - [`Error::SeqMismatch`] if `expected_next_seq` is not the run's next seq
@@ -307,7 +504,7 @@ impl Store {
     /// - [`Error::NameTaken`] if a new run's `update.name` belongs to another run.
     /// - [`Error::RunTerminal`] if the run has already ended.
     /// - [`Error::EmptyAppend`] if `events` is empty.
-    /// - [`Error::Poisoned`] if this or an earlier flush/fsync failed.
+    /// - [`Error::Poisoned`] if this or an earlier write or fsync failed.
     #[tracing::instrument(level = "debug", skip(self, events, update), fields(run.id = %run, event.seq = expected_next_seq))]
     pub async fn append(
         &self,
@@ -335,23 +532,30 @@ impl Store {
         rx.await.map_err(|_| Error::CommitterGone)?
     }
 
-    /// The run's durable envelopes with seq >= `from_seq`, in seq order.
+    /// The run's durable envelopes with seq >= `from_seq`, in seq order. If the
+    /// last commits are still being applied to sled, waits for them first
+    /// (normally not at all; at most the applier's current commit).
     ///
     /// # Errors
     /// [`Error::UnknownRun`] if the run is not on record; [`Error::Corrupt`] naming
-    /// the run and seq if a record does not decode, is out of place or is missing.
+    /// the run and seq if a record does not decode, is out of place or is missing;
+    /// [`Error::Poisoned`] if applying a commit to sled failed (a restart applies
+    /// it again from the write-ahead log).
     pub fn read(&self, run: RunId, from_seq: u64) -> Result<Vec<Envelope>> {
         let durable = self
             .durable(run)
             .filter(|d| d.next_seq > 0)
             .ok_or(Error::UnknownRun(run))?;
+        self.shared().wait_applied(durable.commit)?;
         read_range(&self.shared().db, run, from_seq, durable.next_seq)
     }
 
     fn durable(&self, run: RunId) -> Option<Durable> {
-        self.shared().read_state().heads.get(&run).map(|s| Durable {
+        let state = self.shared().read_state();
+        state.heads.get(&run).map(|s| Durable {
             next_seq: s.next_seq,
             terminal: s.terminal,
+            commit: state.published,
         })
     }
 
@@ -396,6 +600,7 @@ impl Store {
             let d = state.heads.get(&run).map(|s| Durable {
                 next_seq: s.next_seq,
                 terminal: s.terminal,
+                commit: state.published,
             });
             state
                 .watchers
@@ -472,11 +677,11 @@ impl Store {
             (true, None) => return Err(Error::NoBlobKey),
         };
         let blob = blobs::write(&shared.blob_dir, bytes, key)?;
-        let mut batch = sled::Batch::default();
-        batch.insert(index::blob_owner_key(run, &blob.hash), &[]);
-        batch.insert(index::blob_by_hash_key(&blob.hash, run), &[]);
-        shared.db.apply_batch(batch)?;
-        shared.flush_and_sync()?;
+        let mut batch = wal::Batch::default();
+        batch.insert(index::blob_owner_key(run, &blob.hash), Vec::new());
+        batch.insert(index::blob_by_hash_key(&blob.hash, run), Vec::new());
+        let mut wal = shared.commit_lock();
+        shared.commit(&mut wal, batch)?;
         Ok(blob)
     }
 
@@ -497,15 +702,16 @@ impl Store {
     /// run owns. Returns how many blobs the run released.
     pub fn delete_run_blobs(&self, run: RunId) -> Result<usize> {
         let shared = self.shared();
-        let _commit = shared.commit_lock();
+        let mut wal = shared.commit_lock();
         if shared.is_poisoned() {
             return Err(Error::Poisoned);
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = wal::Batch::default();
         let unowned = release_blobs(shared, run, &mut batch)?;
         let released = unowned.len();
-        shared.db.apply_batch(batch)?;
-        shared.flush_and_sync()?;
+        if released > 0 {
+            shared.commit(&mut wal, batch)?;
+        }
         remove_blob_files(shared, &unowned.into_iter().flatten().collect::<Vec<_>>())?;
         Ok(released)
     }
@@ -516,7 +722,7 @@ impl Store {
     /// [`Error::NotTerminal`] if the run has not ended; [`Error::UnknownRun`].
     pub fn delete_run(&self, run: RunId) -> Result<()> {
         let shared = self.shared();
-        let _commit = shared.commit_lock();
+        let mut wal = shared.commit_lock();
         if shared.is_poisoned() {
             return Err(Error::Poisoned);
         }
@@ -532,15 +738,14 @@ impl Store {
                 phase: summary.phase,
             });
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = wal::Batch::default();
         for item in shared.db.scan_prefix(index::event_prefix(run)).keys() {
             batch.remove(item?);
         }
-        batch.remove(&index::run_key(run));
+        batch.remove(index::run_key(run));
         batch.remove(index::name_key(&summary.name));
         let unowned = release_blobs(shared, run, &mut batch)?;
-        shared.db.apply_batch(batch)?;
-        shared.flush_and_sync()?;
+        shared.commit(&mut wal, batch)?;
         {
             let mut state = shared.write_state();
             state.heads.remove(&run);
@@ -555,18 +760,14 @@ impl Store {
 
 /// Stages the removal of `run`'s blob ownership; returns, per released blob, its
 /// hash if no other run owns it (so its file can go).
-fn release_blobs(
-    shared: &Shared,
-    run: RunId,
-    batch: &mut sled::Batch,
-) -> Result<Vec<Option<Hash>>> {
+fn release_blobs(shared: &Shared, run: RunId, batch: &mut wal::Batch) -> Result<Vec<Option<Hash>>> {
     let mut out = Vec::new();
     for key in shared.db.scan_prefix(index::blob_owner_prefix(run)).keys() {
         let key = key?;
         let Ok(hash) = <Hash>::try_from(&key[17..]) else {
             continue;
         };
-        batch.remove(key);
+        batch.remove(&key);
         batch.remove(index::blob_by_hash_key(&hash, run));
         let mut others = false;
         for owner in shared
@@ -601,7 +802,15 @@ fn open_sled(sled_dir: &Path) -> Result<sled::Db> {
     };
     // sled 0.34 can panic instead of erring on some damaged files; a damaged db
     // must be an error naming the path, never a crash of the daemon.
-    let opened = std::panic::catch_unwind(|| sled::Config::new().path(sled_dir).open());
+    // sled's own periodic flush is off: the store's syncer flushes (and, unlike
+    // sled, fdatasyncs) on its own schedule, and nothing else needs sled's file
+    // to be current between syncs, because the WAL holds every commit since.
+    let opened = std::panic::catch_unwind(|| {
+        sled::Config::new()
+            .path(sled_dir)
+            .flush_every_ms(None)
+            .open()
+    });
     match opened {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(e)) => Err(open_err(Box::new(e))),
@@ -616,6 +825,13 @@ fn open_sled(sled_dir: &Path) -> Result<sled::Db> {
             ))
         }
     }
+}
+
+/// sled's commit mark: the last WAL commit applied to it, if any was.
+fn read_wal_mark(db: &sled::Db) -> std::result::Result<Option<u64>, sled::Error> {
+    Ok(db
+        .get(index::wal_mark_key())?
+        .and_then(|v| index::decode_wal_mark(&v)))
 }
 
 fn load_index(db: &sled::Db, sled_dir: &Path) -> Result<CommitState> {
@@ -840,7 +1056,7 @@ impl Subscription {
     ///
     /// # Errors
     /// [`Error::Corrupt`] if a record does not read back; [`Error::UnknownRun`] if
-    /// the run was deleted meanwhile.
+    /// the run was deleted meanwhile; [`Error::Poisoned`] as for [`Store::read`].
     pub async fn next(&mut self) -> Result<Option<Envelope>> {
         loop {
             if let Some(env) = self.buf.pop_front() {
@@ -854,6 +1070,10 @@ impl Subscription {
                 let to = durable
                     .next_seq
                     .min(self.next_seq.saturating_add(SUBSCRIBE_CHUNK));
+                self.store
+                    .shared()
+                    .wait_applied_async(durable.commit)
+                    .await?;
                 self.buf = read_range(&self.store.shared().db, self.run, self.next_seq, to)?.into();
                 continue;
             }

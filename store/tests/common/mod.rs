@@ -60,3 +60,33 @@ pub fn close_raw_sled(db: sled::Db, dir: &Path) {
     let f = std::fs::File::open(dir.join("sled").join("db")).expect("open sled file");
     f.lock().expect("wait for sled's lock");
 }
+
+/// The active WAL segment of a closed or killed store, read with the documented
+/// framing (`wal.rs`): its path, and the offsets of its records in order.
+pub fn wal_active_records(dir: &Path) -> (std::path::PathBuf, Vec<usize>) {
+    let mut best: Option<(u64, std::path::PathBuf, Vec<u8>)> = None;
+    for name in ["0", "1"] {
+        let path = dir.join("wal").join(name);
+        let bytes = std::fs::read(&path).expect("read WAL segment");
+        if &bytes[..8] != b"FERRYWAL" {
+            continue;
+        }
+        let generation = u64::from_le_bytes(bytes[16..24].try_into().unwrap());
+        if best.as_ref().is_none_or(|(g, _, _)| generation > *g) {
+            best = Some((generation, path, bytes));
+        }
+    }
+    let (_, path, bytes) = best.expect("a WAL segment with a header");
+    let mut offsets = Vec::new();
+    let mut at = 4096;
+    let mut expect = u64::from_le_bytes(bytes[24..32].try_into().unwrap());
+    while &bytes[at..at + 4] == b"FWR1"
+        && u64::from_le_bytes(bytes[at + 8..at + 16].try_into().unwrap()) == expect
+    {
+        offsets.push(at);
+        let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+        at += (40 + len).div_ceil(8) * 8;
+        expect += 1;
+    }
+    (path, offsets)
+}
