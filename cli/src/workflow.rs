@@ -128,6 +128,12 @@ pub fn clone_workflow(config: &Config, kubeconfigs: &[PathBuf]) -> anyhow::Resul
             .mover_image
             .clone()
             .unwrap_or_else(|| ferry_steps::workflow::DEFAULT_MOVER_IMAGE.into()),
+        mover: ferry_steps::workflow::MoverSettings::with_transfer_limit(
+            config
+                .limits
+                .mover_transfers
+                .unwrap_or(ferry_steps::workflow::DEFAULT_TRANSFER_LIMIT),
+        ),
     }))
 }
 

@@ -83,6 +83,7 @@ async fn main() {
         health_poll: Duration::from_millis(100),
         buckets: Default::default(),
         mover_image: ferry_steps::workflow::DEFAULT_MOVER_IMAGE.into(),
+        mover: Default::default(),
     };
     let mut registry = Registry::new();
     CloneWorkflow::new(env).register(&mut registry);

@@ -79,6 +79,7 @@ async fn setup(no_kube_retry: bool) -> Setup {
         health_poll: Duration::from_millis(100),
         buckets: Default::default(),
         mover_image: ferry_steps::workflow::DEFAULT_MOVER_IMAGE.into(),
+        mover: Default::default(),
     };
     let mut registry = Registry::new();
     CloneWorkflow::new(env).register(&mut registry);
@@ -609,6 +610,7 @@ async fn a_dry_run_shows_the_plan_and_writes_nothing() {
         health_poll: Duration::from_millis(100),
         buckets: Default::default(),
         mover_image: ferry_steps::workflow::DEFAULT_MOVER_IMAGE.into(),
+        mover: Default::default(),
     };
     let answer = CloneWorkflow::new(env)
         .dry_run(&spec("dry", "prod", "staging", "shop-copy"))
@@ -908,6 +910,7 @@ async fn a_cross_cluster_clone_moves_volume_data_through_the_bucket() {
         health_poll: Duration::from_millis(100),
         buckets: [("local".to_owned(), bucket)].into(),
         mover_image: ferry_steps::workflow::DEFAULT_MOVER_IMAGE.into(),
+        mover: Default::default(),
     };
     let mut registry = Registry::new();
     CloneWorkflow::new(env).register(&mut registry);
@@ -1162,5 +1165,44 @@ async fn a_failing_hook_rolls_back_or_warns_as_its_on_error_says() {
             .await
             .is_none(),
         "nothing of the rolled-back clone is left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_whose_exec_stream_drops_is_retried_not_left_hanging() {
+    let s = setup(false).await;
+    let src = clusters(&[&s.src]).get("prod").await.unwrap();
+    apply_yaml(&src, VOLUMES).await;
+    pods_running(&src, "db", 2).await;
+    // Every exec stream is cut after 4 KiB of output; the hook prints more.
+    s.src.set_faults(FaultConfig {
+        drop_exec_after: Some(4096),
+        ..FaultConfig::default()
+    });
+    let sp = CloneSpec::from_json(
+        &json!({"name": "cut", "sourceContext": "prod", "destinationContext": "prod",
+        "namespaces": [{"source": "db", "destination": "db-cut"}],
+        "hooks": [{"name": "chatty", "stage": "pre", "podSelector": "app=pg",
+                   "command": ["sh", "-c", "head -c 100000 /dev/zero"], "timeoutSeconds": 3600}]})
+        .to_string(),
+    )
+    .unwrap();
+    let (run, phase) = run_clone(&s, &sp).await;
+    assert_eq!(phase, Phase::RolledBack);
+    let failed: Vec<String> = events(&s, run)
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepFailed { step, error, .. } if step.0 == "prehook/db/chatty" => {
+                Some(error.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(failed.len() > 1, "retried: {failed:?}");
+    assert!(
+        failed
+            .iter()
+            .all(|e| e.contains("ended without an exit status")),
+        "{failed:?}"
     );
 }

@@ -7,7 +7,6 @@
 #![allow(missing_docs)]
 
 use std::fs::{self, File};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,62 +15,12 @@ use ferry_mover::{Bucket, BucketOptions, ChunkerParams, Download, Upload, Upload
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+/// The generators the tests use too (`content`, `generate_mixed`).
+#[path = "../tests/common/tree.rs"]
+mod tree;
+use tree::{content, generate_mixed as generate};
+
 const MIB: u64 = 1 << 20;
-
-fn content(rng: &mut StdRng, len: usize) -> Vec<u8> {
-    const WORDS: &[&str] = &[
-        "ferry ",
-        "volume ",
-        "chunk ",
-        "bucket ",
-        "postgres ",
-        "row ",
-        "\n",
-        "4711 ",
-    ];
-    if rng.random_bool(0.5) {
-        let mut v = vec![0u8; len];
-        rng.fill(&mut v[..]);
-        v
-    } else {
-        let mut v = Vec::with_capacity(len + 16);
-        while v.len() < len {
-            v.extend_from_slice(WORDS[rng.random_range(0..WORDS.len())].as_bytes());
-        }
-        v.truncate(len);
-        v
-    }
-}
-
-/// Mixed sizes: ~20% of bytes in small files (1-64 KiB), ~40% in medium ones
-/// (256 KiB-4 MiB), ~40% in large ones (16-64 MiB); half random, half text.
-fn generate(root: &Path, total: u64, seed: u64) -> std::io::Result<()> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let budgets = [
-        (total / 5, 1 << 10, 64 << 10),
-        (total * 2 / 5, 256 << 10, 4 << 20),
-        (total * 2 / 5, 16 << 20, 64 << 20),
-    ];
-    let mut n = 0usize;
-    for (budget, lo, hi) in budgets {
-        let mut left = budget;
-        while left > 0 {
-            let dir = root.join(format!("d{:02}/e{:02}", n % 37, n % 11));
-            fs::create_dir_all(&dir)?;
-            let len = (rng.random_range(lo..=hi) as u64).min(left);
-            let mut f = File::create(dir.join(format!("f{n}")))?;
-            let mut written = 0u64;
-            while written < len {
-                let piece = (len - written).min(MIB) as usize;
-                f.write_all(&content(&mut rng, piece))?;
-                written += piece as u64;
-            }
-            left -= len;
-            n += 1;
-        }
-    }
-    Ok(())
-}
 
 fn tar_pipe(src: &Path, dst: &Path) -> Duration {
     fs::create_dir_all(dst).unwrap();

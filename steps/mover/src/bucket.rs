@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -77,6 +78,9 @@ pub struct Bucket {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
     retry: RetryPolicy,
+    /// Requests retried after a transient error, shared by the clones of
+    /// this handle (an upload or a download counts its own).
+    retries: Arc<AtomicU64>,
 }
 
 impl Bucket {
@@ -129,6 +133,7 @@ impl Bucket {
             store,
             prefix: Path::from_iter(prefix),
             retry: options.retry,
+            retries: Arc::default(),
         })
     }
 
@@ -139,6 +144,22 @@ impl Bucket {
             store,
             prefix: Path::from(prefix),
             retry: RetryPolicy::default(),
+            retries: Arc::default(),
+        }
+    }
+
+    /// Bucket requests retried after a transient error through this handle
+    /// and its clones.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    /// The same bucket with a retry counter of its own, from zero: an
+    /// upload or a download reports only its own retries.
+    pub(crate) fn counting_retries(&self) -> Self {
+        Bucket {
+            retries: Arc::default(),
+            ..self.clone()
         }
     }
 
@@ -254,6 +275,7 @@ impl Bucket {
             match f().await {
                 Ok(v) => return Ok(v),
                 Err(e) if is_transient(&e) && attempt + 1 < self.retry.max_attempts => {
+                    self.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(op, path = %path, attempt, error = %e, "transient bucket error; retrying");
                     tokio::time::sleep(self.retry.delay(attempt)).await;
                     attempt += 1;

@@ -85,6 +85,14 @@ pub enum Error {
         actual: ChunkHash,
     },
 
+    /// A download that followed an upload saw the upload end without a
+    /// manifest: the upload failed (its own error says why). Retryable.
+    #[error("the upload of volume {volume} that this download followed ended without a manifest")]
+    UploadIncomplete {
+        /// The volume.
+        volume: String,
+    },
+
     /// Reading the source stream (the stdout of `tar -c`) failed. Retryable:
     /// the upload starts the stream again and skips what is stored.
     #[error("reading the source stream failed after {offset} bytes: {source}")]
@@ -175,6 +183,7 @@ impl Error {
             Error::Bucket { source, .. } => is_transient(source),
             Error::SourceRead { .. }
             | Error::SinkWrite { .. }
+            | Error::UploadIncomplete { .. }
             | Error::GcRunning { .. }
             | Error::LeaseLost { .. } => true,
             Error::ChunkCorrupt { .. }

@@ -13,7 +13,8 @@
 //! - [`Download`]: fetches a manifest's chunks (several in flight), verifies
 //!   and decompresses them, writes them in order into an
 //!   [`AsyncWrite`](tokio::io::AsyncWrite) (the stdin of `tar -x`) and shuts
-//!   it down;
+//!   it down; [`Download::follow`] does the same while an upload runs, chunk
+//!   by chunk as the upload stores them ([`Upload::on_chunk`]);
 //! - [`gc()`] and [`delete_manifests`]: remove what no manifest needs, safely
 //!   against running uploads (the rule is in [`gc`](mod@gc)'s module docs).
 //!
@@ -51,10 +52,11 @@ pub mod upload;
 
 pub use bucket::{Bucket, BucketOptions, RetryPolicy};
 pub use chunker::ChunkerParams;
-pub use download::{Download, DownloadOptions, DownloadStats, download};
+pub use download::{Download, DownloadOptions, DownloadStats, FollowDownload, download};
 pub use error::{Error, Result};
 pub use gc::{GcOptions, GcReport, LeaseInfo, delete_manifests, gc};
 pub use manifest::{ChunkHash, ChunkRef, MANIFEST_VERSION, Manifest};
 pub use upload::{
-    CheckpointFn, ProgressFn, Upload, UploadCheckpoint, UploadOptions, UploadOutcome, UploadStats,
+    CheckpointFn, ChunkFn, ProgressFn, Upload, UploadCheckpoint, UploadOptions, UploadOutcome,
+    UploadStats,
 };

@@ -81,6 +81,10 @@ pub struct UploadStats {
     pub bytes_uploaded: u64,
     /// Uncompressed bytes of the chunks it stored.
     pub raw_bytes_uploaded: u64,
+    /// Bucket requests retried after a transient error (each retry, not
+    /// each request); absent from checkpoints older than this field.
+    #[serde(default)]
+    pub retries: u64,
 }
 
 /// A resumable upload's progress, reported at a bounded rate for the caller
@@ -118,6 +122,9 @@ pub type ProgressFn = Arc<dyn Fn(&UploadStats) + Send + Sync>;
 /// Checkpoint callback: called at most once per checkpoint interval and once
 /// at the end; the caller makes it durable (it must not block for long).
 pub type CheckpointFn = Arc<dyn Fn(&UploadCheckpoint) + Send + Sync>;
+/// Chunk callback: called with each chunk in stream order once it is in the
+/// bucket (stored or found there), before the manifest is written.
+pub type ChunkFn = Arc<dyn Fn(&ChunkRef) + Send + Sync>;
 
 /// An upload of one volume's stream. Build it, then [`Upload::run`] it.
 ///
@@ -141,6 +148,7 @@ pub struct Upload {
     resume: Option<UploadCheckpoint>,
     on_progress: Option<ProgressFn>,
     on_checkpoint: Option<CheckpointFn>,
+    on_chunk: Option<ChunkFn>,
 }
 
 struct Ctx {
@@ -166,6 +174,7 @@ impl Upload {
             resume: None,
             on_progress: None,
             on_checkpoint: None,
+            on_chunk: None,
         }
     }
 
@@ -195,6 +204,14 @@ impl Upload {
         self
     }
 
+    /// Sets the chunk callback: each chunk, in stream order, once it is in
+    /// the bucket; a [`FollowDownload`](crate::FollowDownload) can write it
+    /// out while the upload goes on.
+    pub fn on_chunk(mut self, f: impl Fn(&ChunkRef) + Send + Sync + 'static) -> Self {
+        self.on_chunk = Some(Arc::new(f));
+        self
+    }
+
     /// Reads `source` to its end, stores its chunks and the manifest.
     ///
     /// # Errors
@@ -215,7 +232,9 @@ impl Upload {
             resume,
             on_progress,
             on_checkpoint,
+            on_chunk,
         } = self;
+        let bucket = bucket.counting_retries();
         check_name("run", &run)?;
         check_name("volume", &volume)?;
         opts.chunker.validate()?;
@@ -273,7 +292,8 @@ impl Upload {
         let mut chunks: Vec<ChunkRef> = Vec::new();
         let mut stats = UploadStats::default();
         let mut last_checkpoint = Instant::now();
-        let checkpoint = |stats: &UploadStats| {
+        let checkpoint = |stats: &mut UploadStats| {
+            stats.retries = bucket.retries();
             if let Some(f) = &on_checkpoint {
                 f(&UploadCheckpoint {
                     version: CHECKPOINT_VERSION,
@@ -296,12 +316,15 @@ impl Upload {
             } else {
                 stats.chunks_skipped += 1;
             }
+            if let Some(f) = &on_chunk {
+                f(&s.chunk);
+            }
             chunks.push(s.chunk);
             if let Some(f) = &on_progress {
                 f(&stats);
             }
             if last_checkpoint.elapsed() >= opts.checkpoint_interval {
-                checkpoint(&stats);
+                checkpoint(&mut stats);
                 last_checkpoint = Instant::now();
             }
         }
@@ -332,13 +355,14 @@ impl Upload {
         bucket
             .put_maybe_multipart(&manifest_path, body, opts.multipart_threshold)
             .await?;
-        checkpoint(&stats);
+        checkpoint(&mut stats);
         lease.release().await;
         tracing::info!(
             bytes = stats.bytes_read,
             chunks = stats.chunks,
             uploaded = stats.chunks_uploaded,
             skipped = stats.chunks_skipped,
+            retries = stats.retries,
             "upload done"
         );
         Ok(UploadOutcome {

@@ -46,6 +46,9 @@ use crate::spec::{CloneSpec, HookSpec, HookStage, OnError};
 /// Bytes of a failed hook's stderr kept in its error message.
 const STDERR_TAIL: usize = 400;
 
+/// How long a hook's output streams may go on after its exit status.
+const STREAM_GRACE: Duration = Duration::from_secs(2);
+
 /// Which hook, where.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -186,14 +189,22 @@ async fn exec(
             .exec(&t.pod, command.to_vec(), &ap)
             .await
             .map_err(|e| crate::cluster::classify(e, &format!("exec {what}")))?;
-        let stdout = read_all(p.stdout());
-        let stderr = read_all(p.stderr());
+        // Stdout is read and dropped, stderr keeps its tail; both as tasks,
+        // since kube never ends them when the connection drops: the exit
+        // status decides, and the streams get a moment to finish after it.
+        let stdout = tokio::spawn(read_tail(p.stdout()));
+        let stderr = tokio::spawn(read_tail(p.stderr()));
         let status = match p.take_status() {
             Some(s) => s.await,
             None => None,
         };
-        let (_, stderr) = tokio::join!(stdout, stderr);
-        let _ = p.join().await;
+        stdout.abort();
+        let stderr = tokio::time::timeout(STREAM_GRACE, stderr)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        drop(p);
         let tail = tail(&stderr);
         match status {
             Some(s) if s.status.as_deref() == Some("Success") => Ok(()),
@@ -220,20 +231,29 @@ async fn exec(
     }
 }
 
-async fn read_all(r: Option<impl tokio::io::AsyncRead + Unpin>) -> Vec<u8> {
-    let mut buf = Vec::new();
-    if let Some(mut r) = r {
-        let _ = tokio::io::AsyncReadExt::read_to_end(&mut r, &mut buf).await;
+/// Reads a stream to its end, keeping only its last [`STDERR_TAIL`] bytes:
+/// memory stays bounded whatever a hook prints.
+async fn read_tail(r: Option<impl tokio::io::AsyncRead + Unpin>) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let Some(mut r) = r else {
+        return kept;
+    };
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match tokio::io::AsyncReadExt::read(&mut r, &mut buf).await {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => {
+                kept.extend_from_slice(&buf[..n]);
+                let over = kept.len().saturating_sub(STDERR_TAIL);
+                kept.drain(..over);
+            }
+        }
     }
-    buf
 }
 
 /// The last [`STDERR_TAIL`] bytes of `b`, as text on one line.
 fn tail(b: &[u8]) -> String {
-    let start = b.len().saturating_sub(STDERR_TAIL);
-    String::from_utf8_lossy(&b[start..])
-        .trim()
-        .replace('\n', " | ")
+    String::from_utf8_lossy(b).trim().replace('\n', " | ")
 }
 
 /// Runs `command` in every target, in order; stops at the first failure.

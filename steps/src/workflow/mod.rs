@@ -37,7 +37,10 @@ pub use apply::ApplyStep;
 pub use cleanup::CleanupStep;
 pub use health::{HealthOutput, HealthStep, workload_ready};
 pub use hooks::{HookInput, HookOutput, PostHookStep, PreHookStep, ThawStep};
-pub use mover::{MoverOutput, MoverVolumeStep};
+pub use mover::{
+    DEFAULT_TRANSFER_LIMIT, MoverCheckpoint, MoverOutput, MoverPhase, MoverSettings,
+    MoverVolumeStep,
+};
 pub use namespaces::NamespacesStep;
 pub use preflight_step::PreflightStep;
 pub use volumes::{SnapshotOutput, SnapshotStep, VolumeInput, VolumeStep};
@@ -57,6 +60,9 @@ pub struct CloneEnv {
     pub buckets: std::collections::BTreeMap<String, ferry_mover::Bucket>,
     /// The image of the mover pods (it needs `tar` and `sh`).
     pub mover_image: String,
+    /// How volume data moves, shared by every clone of the daemon: the
+    /// transfer limit (`mover.transfers`), upload and download options.
+    pub mover: MoverSettings,
 }
 
 /// The mover image when the config names none.

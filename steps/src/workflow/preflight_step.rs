@@ -209,6 +209,11 @@ impl Step for PreflightStep {
             ) {
                 hook_decl(&spec, s, &mut d)?;
             }
+            if kind == "volume-mover" {
+                // A transfer takes as long as its data needs; it honours
+                // cancellation, and its checkpoints show it moving.
+                d.attempt_timeout_ms = None;
+            }
             if matches!(s.kind, StepKind::Snapshot | StepKind::Volume) {
                 let v = prepared
                     .report

@@ -1,0 +1,531 @@
+//! The data mover at clone level: cross-cluster clones through the
+//! `volume-mover` step between two simulated clusters over real HTTP, with
+//! real `tar` on both ends (run by the simulators' exec), into `file://` and
+//! S3 buckets. Each test checks the destination volume against the source on
+//! every attribute `tar` carries, and what went through the bucket.
+
+#[path = "common/mover_env.rs"]
+mod mover_env;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ferry_engine::{Event, Phase};
+use ferry_mover::Bucket;
+use ferry_sim::FaultConfig;
+use ferry_steps::workflow::{MoverPhase, MoverSettings};
+use mover_env::s3::{S3_BUCKET, s3_options, start_s3};
+use mover_env::stores::{CountingStore, FaultyStore, GateStore, TraceStore};
+use mover_env::tree::{TreeSpec, compare_trees, make_tree};
+use mover_env::*;
+
+/// A tree of a few MB with every attribute: ~200 small files, a 2 MiB file,
+/// empty dirs, symlinks, hardlinks, a 16 MiB sparse file, a non-UTF-8 name,
+/// owners, modes and mtimes.
+fn small_tree(seed: u64) -> TreeSpec {
+    TreeSpec {
+        seed,
+        small_files: 200,
+        small_max: 16 << 10,
+        large_len: 2 << 20,
+        sparse_len: 16 << 20,
+    }
+}
+
+/// One namespace `vol` with one PVC `files` (ontap-nas: snapshots, so the
+/// mover reads a PVC made from a snapshot), filled with `tree`.
+async fn seeded(w: &World, tree: &TreeSpec) -> std::path::PathBuf {
+    let src = w.source().await;
+    apply_yaml(
+        &src,
+        &volumes_yaml("vol", &[("files", "ontap-nas", "ReadWriteOnce")]),
+    )
+    .await;
+    let dir = pv_dir(&src, "vol", "files").await;
+    make_tree(&dir, tree).unwrap();
+    dir
+}
+
+fn step_failures(w: &World, run: ferry_store::RunId, step: &str) -> Vec<String> {
+    w.events(run)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::StepFailed { step: s, error, .. } if s.0 == step => Some(error),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn assert_no_leftovers(w: &World, run: ferry_store::RunId) {
+    let sel = format!("ferry.dev/temporary=true,ferry.dev/run={run}");
+    for c in [w.source().await, w.destination().await] {
+        for kind in ["Pod", "PersistentVolumeClaim"] {
+            let left = c.list_kind("v1", kind, Some(&sel)).await.unwrap();
+            assert!(left.is_empty(), "temporary {kind}s left: {left:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_attribute_survives_a_cross_cluster_clone() {
+    let bucket_dir = tempfile::tempdir().unwrap();
+    let w = World::start(file_bucket(bucket_dir.path()), MoverSettings::default()).await;
+    let src = seeded(&w, &small_tree(1)).await;
+
+    let (run, phase) = w.clone(&spec("attrs", "vol", "vol-copy", false)).await;
+    assert_eq!(phase, Phase::Succeeded, "{}", w.steps(run));
+    let dst = w.dst_pv("vol-copy", "files").await;
+    compare_trees(&src, &dst).unwrap();
+
+    // The volume was measured before the copy, and the checkpoints carry it
+    // through both phases.
+    let out = w.output(run, "vol-copy", "files");
+    let expected = out.expected_bytes.expect("du measured the volume");
+    let ratio = out.bytes as f64 / expected as f64;
+    assert!(
+        (0.5..2.0).contains(&ratio),
+        "stream {} B vs du {expected} B",
+        out.bytes
+    );
+    let cps = w.checkpoints(run, "vol-copy", "files");
+    assert!(
+        cps.iter()
+            .all(|c| c.expected_bytes == Some(expected) && c.upload.volume == "vol-files"),
+        "{cps:?}"
+    );
+    assert_eq!(cps[0].phase, MoverPhase::Upload);
+    assert_eq!(cps[0].upload.bytes_done, 0, "recorded before tar starts");
+    let last = cps.last().unwrap();
+    assert_eq!(last.phase, MoverPhase::Download);
+    assert_eq!(last.upload.bytes_done, out.bytes);
+    assert_no_leftovers(&w, run).await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clone_through_an_s3_bucket_with_a_multipart_manifest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start_s3(&tmp.path().join("s3")).await.unwrap();
+    let s3 = Bucket::open(
+        &format!("s3://{S3_BUCKET}/installs"),
+        &ferry_mover::BucketOptions {
+            prefix: "ferry".into(),
+            store_options: s3_options(&server),
+            retry: fast_retry(),
+        },
+    )
+    .unwrap();
+    let counting = Arc::new(CountingStore::new(s3.store().clone(), Duration::ZERO));
+    let bucket = Bucket::from_store(counting.clone(), "installs/ferry").with_retry(fast_retry());
+    let mut mover = small_chunk_settings(4);
+    // Every manifest goes up as a multipart upload.
+    mover.upload.multipart_threshold = 0;
+    let w = World::start(bucket.clone(), mover).await;
+    let src = seeded(&w, &small_tree(2)).await;
+
+    let (run, phase) = w.clone(&spec("s3", "vol", "vol-copy", false)).await;
+    assert_eq!(phase, Phase::Succeeded, "{}", w.steps(run));
+    compare_trees(&src, &w.dst_pv("vol-copy", "files").await).unwrap();
+    assert!(counting.multiparts.load(Ordering::SeqCst) >= 1);
+    let out = w.output(run, "vol-copy", "files");
+    let manifest = bucket
+        .read_manifest(&run.to_string(), "vol-files")
+        .await
+        .unwrap();
+    assert_eq!(manifest.chunks.len() as u64, out.chunks);
+    assert!(out.chunks > 20, "{out:?}");
+    // The objects are where the layout says, in the S3 server's files.
+    let h = manifest.chunks[0].hash.to_hex();
+    assert!(
+        server
+            .root
+            .join(format!("{S3_BUCKET}/installs/ferry/chunks/{}/{h}", &h[..2]))
+            .exists()
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reclone_uploads_almost_nothing_and_a_changed_file_only_its_chunks() {
+    let bucket_dir = tempfile::tempdir().unwrap();
+    let w = World::start(file_bucket(bucket_dir.path()), small_chunk_settings(4)).await;
+    let src = seeded(&w, &small_tree(3)).await;
+
+    let (first, phase) = w.clone(&spec("first", "vol", "copy-1", false)).await;
+    assert_eq!(phase, Phase::Succeeded, "{}", w.steps(first));
+    let out1 = w.output(first, "copy-1", "files");
+    assert_eq!(
+        out1.chunks_uploaded, out1.chunks,
+        "a first clone stores all"
+    );
+
+    // The same data again, under another name and destination.
+    let (second, phase) = w.clone(&spec("second", "vol", "copy-2", false)).await;
+    assert_eq!(phase, Phase::Succeeded, "{}", w.steps(second));
+    let out2 = w.output(second, "copy-2", "files");
+    eprintln!("unchanged re-clone: {out2:?}");
+    assert!(
+        out2.bytes_uploaded * 100 <= out2.bytes,
+        "re-clone uploaded {} of {} bytes",
+        out2.bytes_uploaded,
+        out2.bytes
+    );
+    compare_trees(&src, &w.dst_pv("copy-2", "files").await).unwrap();
+
+    // One file changed (100 bytes in the middle of the large one, its
+    // mtime kept): only the chunks that hold the change are uploaded.
+    let large = src.join("large.bin");
+    let mtime = std::fs::metadata(&large).unwrap().modified().unwrap();
+    let mut data = std::fs::read(&large).unwrap();
+    let mid = data.len() / 2;
+    data[mid..mid + 100].fill(0xAB);
+    std::fs::write(&large, &data).unwrap();
+    std::fs::File::open(&large)
+        .unwrap()
+        .set_times(std::fs::FileTimes::new().set_modified(mtime))
+        .unwrap();
+    let (third, phase) = w.clone(&spec("third", "vol", "copy-3", false)).await;
+    assert_eq!(phase, Phase::Succeeded, "{}", w.steps(third));
+    compare_trees(&src, &w.dst_pv("copy-3", "files").await).unwrap();
+    let stats = w
+        .checkpoints(third, "copy-3", "files")
+        .last()
+        .unwrap()
+        .upload
+        .stats;
+    let m2 = w
+        .bucket
+        .read_manifest(&second.to_string(), "vol-files")
+        .await
+        .unwrap();
+    let m3 = w
+        .bucket
+        .read_manifest(&third.to_string(), "vol-files")
+        .await
+        .unwrap();
+    let before: BTreeSet<_> = m2.chunks.iter().map(|c| c.hash).collect();
+    let new: Vec<_> = m3
+        .chunks
+        .iter()
+        .filter(|c| !before.contains(&c.hash))
+        .collect();
+    eprintln!(
+        "one changed file: {} chunks, {} raw bytes uploaded of {}",
+        stats.chunks_uploaded, stats.raw_bytes_uploaded, stats.bytes_read
+    );
+    assert!(
+        (1..=3).contains(&stats.chunks_uploaded),
+        "{} chunks uploaded for one changed spot",
+        stats.chunks_uploaded
+    );
+    assert_eq!(stats.chunks_uploaded, new.len() as u64, "only new chunks");
+    assert_eq!(
+        stats.raw_bytes_uploaded,
+        new.iter().map(|c| c.len).sum::<u64>()
+    );
+    assert!(stats.raw_bytes_uploaded <= 3 * u64::from(SMALL_CHUNKS.max));
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_exec_stream_is_retried_and_no_short_copy_is_recorded() {
+    let bucket_dir = tempfile::tempdir().unwrap();
+    let w = World::start(file_bucket(bucket_dir.path()), small_chunk_settings(4)).await;
+    let src = seeded(&w, &small_tree(4)).await;
+
+    // Every exec stream of the source is cut after 1 MiB of output until
+    // the first cut happened; then the faults are cleared.
+    w.src.set_faults(FaultConfig {
+        drop_exec_after: Some(1 << 20),
+        ..FaultConfig::default()
+    });
+    let clear = async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while w.src.faults_injected() == 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        w.src.clear_faults();
+    };
+    let cut = spec("cut", "vol", "vol-copy", false);
+    let ((run, phase), ()) = tokio::join!(w.clone(&cut), clear);
+    assert_eq!(phase, Phase::Succeeded, "{}", w.steps(run));
+    assert!(w.src.faults_injected() >= 1);
+    compare_trees(&src, &w.dst_pv("vol-copy", "files").await).unwrap();
+    // The cut is in the log as a failed attempt, retried.
+    let failures = step_failures(&w, run, "volume/vol-copy/files");
+    assert!(!failures.is_empty(), "{}", w.steps(run));
+    assert!(
+        failures
+            .iter()
+            .all(|m| m.contains("tar -c") && m.contains("without an exit status")),
+        "{failures:?}"
+    );
+    // The chunks stored before the cut were not sent again.
+    let out = w.output(run, "vol-copy", "files");
+    assert!(out.chunks_uploaded < out.chunks, "{out:?}");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_failing_5_percent_of_requests_still_clones() {
+    let bucket_dir = tempfile::tempdir().unwrap();
+    let base = file_bucket(bucket_dir.path());
+    let faulty = Arc::new(FaultyStore::new(base.store().clone(), 0.05, 7));
+    let bucket = Bucket::from_store(faulty.clone(), "ferry").with_retry(fast_retry());
+    let w = World::start(bucket, small_chunk_settings(4)).await;
+    let src = seeded(&w, &small_tree(5)).await;
+
+    let (run, phase) = w.clone(&spec("faulty", "vol", "vol-copy", false)).await;
+    assert_eq!(phase, Phase::Succeeded, "{}", w.steps(run));
+    compare_trees(&src, &w.dst_pv("vol-copy", "files").await).unwrap();
+    let injected = faulty.injected.load(Ordering::SeqCst);
+    let out = w.output(run, "vol-copy", "files");
+    eprintln!(
+        "{injected} faults in {} requests; {out:?}",
+        faulty.requests.load(Ordering::SeqCst)
+    );
+    assert!(injected >= 5, "only {injected} faults injected");
+    // The retries are in the log: in the step's output and its checkpoints.
+    assert!(out.bucket_retries >= 1, "{out:?}");
+    assert!(
+        w.checkpoints(run, "vol-copy", "files")
+            .iter()
+            .any(|c| c.upload.stats.retries >= 1)
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_download_is_retried_without_reading_the_source_again() {
+    let bucket_dir = tempfile::tempdir().unwrap();
+    let base = file_bucket(bucket_dir.path());
+    // Once the upload is stored, chunk reads fail for longer than the
+    // mover's own retries last: every read of the download's first chunks,
+    // each attempt of each.
+    let mover = small_chunk_settings(4);
+    let outage = mover.download.concurrency as u64 * u64::from(fast_retry().max_attempts);
+    let gate = Arc::new(GateStore::new(base.store().clone(), outage));
+    let bucket = Bucket::from_store(gate, "ferry").with_retry(fast_retry());
+    let w = World::start(bucket, mover).await;
+    let src = seeded(&w, &small_tree(9)).await;
+
+    let (run, phase) = w.clone(&spec("retried", "vol", "vol-copy", false)).await;
+    assert_eq!(phase, Phase::Succeeded, "{}", w.steps(run));
+    compare_trees(&src, &w.dst_pv("vol-copy", "files").await).unwrap();
+    let step = "volume/vol-copy/files";
+    let failures = step_failures(&w, run, step);
+    assert!(
+        !failures.is_empty() && failures.iter().all(|f| f.contains("bucket get")),
+        "{failures:?}"
+    );
+    // After the failure, the step's checkpoints are all of the download
+    // phase: the stored upload was reused, the source not read again.
+    let events = w.events(run);
+    let failed_at = events
+        .iter()
+        .position(|e| matches!(e, Event::StepFailed { step: s, .. } if s.0 == step))
+        .unwrap();
+    let later: Vec<MoverPhase> = events[failed_at..]
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepProgress {
+                step: s,
+                checkpoint,
+            } if s.0 == step => Some(
+                checkpoint
+                    .decode::<ferry_steps::workflow::MoverCheckpoint>()
+                    .unwrap()
+                    .phase,
+            ),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !later.is_empty() && later.iter().all(|p| *p == MoverPhase::Download),
+        "{later:?}"
+    );
+    assert_no_leftovers(&w, run).await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_chunk_in_the_bucket_is_refused_and_named() {
+    let bucket_dir = tempfile::tempdir().unwrap();
+    let w = World::start(file_bucket(bucket_dir.path()), small_chunk_settings(4)).await;
+    seeded(&w, &small_tree(6)).await;
+    let (first, phase) = w.clone(&spec("first", "vol", "copy-1", false)).await;
+    assert_eq!(phase, Phase::Succeeded, "{}", w.steps(first));
+
+    // A stored chunk rots: one byte of the object flipped.
+    let m = w
+        .bucket
+        .read_manifest(&first.to_string(), "vol-files")
+        .await
+        .unwrap();
+    let victim = m.chunks[m.chunks.len() / 2].hash.to_hex();
+    let path = bucket_dir
+        .path()
+        .join(format!("ferry/chunks/{}/{victim}", &victim[..2]));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x5A;
+    std::fs::write(&path, &bytes).unwrap();
+
+    // A second clone of the same data finds the chunk stored, and its
+    // download refuses it, naming it: no retry can fix that.
+    let (second, phase) = w.clone(&spec("second", "vol", "copy-2", false)).await;
+    assert_eq!(phase, Phase::RolledBack, "{}", w.steps(second));
+    let failures = step_failures(&w, second, "volume/copy-2/files");
+    assert_eq!(failures.len(), 1, "permanent, not retried: {failures:?}");
+    assert!(
+        failures[0].contains(&victim) && failures[0].contains("failed verification"),
+        "{}",
+        failures[0]
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_that_cannot_snapshot_are_copied_live() {
+    let bucket_dir = tempfile::tempdir().unwrap();
+    let w = World::start(file_bucket(bucket_dir.path()), small_chunk_settings(4)).await;
+    let src = w.source().await;
+    // efs cannot snapshot: an RWX volume goes live on its own, an RWO one
+    // only with allowLiveCopy.
+    apply_yaml(
+        &src,
+        &volumes_yaml(
+            "web",
+            &[
+                ("shared", "efs", "ReadWriteMany"),
+                ("cache", "efs", "ReadWriteOnce"),
+            ],
+        ),
+    )
+    .await;
+    let mut dirs = Vec::new();
+    for (pvc, seed) in [("shared", 7), ("cache", 8)] {
+        let dir = pv_dir(&src, "web", pvc).await;
+        make_tree(&dir, &small_tree(seed)).unwrap();
+        dirs.push((pvc, dir));
+    }
+
+    let (run, phase) = w.clone(&spec("live", "web", "web-copy", true)).await;
+    assert_eq!(phase, Phase::Succeeded, "{}", w.steps(run));
+    let dst = w.destination().await;
+    for (pvc, dir) in &dirs {
+        compare_trees(dir, &pv_dir(&dst, "web-copy", pvc).await).unwrap();
+        let input: ferry_steps::workflow::VolumeInput = w.engine.load(run).unwrap().steps
+            [&ferry_engine::StepId(format!("volume/web-copy/{pvc}"))]
+            .decl
+            .input
+            .decode()
+            .unwrap();
+        assert_eq!(
+            input.path,
+            Some(ferry_steps::preflight::CopyPath::LiveViaMover)
+        );
+    }
+    // No snapshot, and no temporary PVC: the live PVCs were read in place.
+    assert!(
+        src.list_kind("snapshot.storage.k8s.io/v1", "VolumeSnapshot", None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let short = run.short();
+    for pvc in ["shared", "cache"] {
+        assert_eq!(
+            w.src.create_count(
+                "PersistentVolumeClaim",
+                "web",
+                &format!("ferry-{short}-src-{pvc}")
+            ),
+            0
+        );
+    }
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_transfer_limit_of_one_two_volumes_never_transfer_at_once() {
+    let bucket_dir = tempfile::tempdir().unwrap();
+    let base = file_bucket(bucket_dir.path());
+    let trace = Arc::new(TraceStore::new(base.store().clone()));
+    let bucket = Bucket::from_store(trace.clone(), "ferry").with_retry(fast_retry());
+    let w = World::start(bucket, small_chunk_settings(1)).await;
+    let src = w.source().await;
+    apply_yaml(
+        &src,
+        &volumes_yaml(
+            "two",
+            &[
+                ("a", "ontap-nas", "ReadWriteOnce"),
+                ("b", "ontap-nas", "ReadWriteOnce"),
+            ],
+        ),
+    )
+    .await;
+    for (pvc, seed) in [("a", 11), ("b", 12)] {
+        make_tree(&w.src_pv("two", pvc).await, &small_tree(seed)).unwrap();
+    }
+
+    let (run, phase) = w.clone(&spec("limited", "two", "two-copy", false)).await;
+    assert_eq!(phase, Phase::Succeeded, "{}", w.steps(run));
+
+    // Each volume's transfer, as the bucket saw it: from its upload's lease
+    // to the last read of a chunk only its manifest names.
+    let mut owner: HashMap<String, &str> = HashMap::new();
+    let mut manifests = Vec::new();
+    for v in ["a", "b"] {
+        let m = w
+            .bucket
+            .read_manifest(&run.to_string(), &format!("two-{v}"))
+            .await
+            .unwrap();
+        manifests.push(m);
+    }
+    for (v, m) in ["a", "b"].iter().zip(&manifests) {
+        for c in &m.chunks {
+            let path = w.bucket.chunk_path(&c.hash).to_string();
+            match owner.get(&path) {
+                Some(o) if o != v => {
+                    owner.insert(path, "both");
+                }
+                _ => {
+                    owner.insert(path, v);
+                }
+            }
+        }
+    }
+    let ops = trace.ops.lock().unwrap().clone();
+    let span = |v: &str| {
+        let lease = format!("/leases/{run}/two-{v}.");
+        let start = ops
+            .iter()
+            .position(|(op, p)| *op == "put" && p.contains(&lease))
+            .unwrap_or_else(|| panic!("no lease of volume {v}"));
+        let end = ops
+            .iter()
+            .rposition(|(op, p)| *op == "get" && owner.get(p) == Some(&v))
+            .unwrap_or_else(|| panic!("no chunk read of volume {v}"));
+        (start, end)
+    };
+    let (a, b) = (span("a"), span("b"));
+    eprintln!(
+        "transfer spans in {} bucket requests: a {a:?}, b {b:?}",
+        ops.len()
+    );
+    assert!(
+        a.1 < b.0 || b.1 < a.0,
+        "transfers overlapped: a {a:?}, b {b:?}"
+    );
+    compare_trees(
+        &w.src_pv("two", "a").await,
+        &w.dst_pv("two-copy", "a").await,
+    )
+    .unwrap();
+    w.stop().await;
+}
