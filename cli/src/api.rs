@@ -32,10 +32,11 @@ use tokio_util::sync::CancellationToken;
 use ferry_steps::spec::CloneSpec;
 use ferry_steps::workflow::CloneWorkflow;
 
+use crate::admission::{self, Denied, source_namespaces};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::redact::redact;
-use crate::tokens::{Principal, Tokens};
+use crate::tokens::{Principal, SourceNamespace, Tokens};
 
 /// The phases a clone can be in, as the API names them.
 pub const PHASES: &[&str] = &[
@@ -67,8 +68,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Unfinished runs this daemon cannot drive, with why.
     pub not_resumable: Mutex<HashMap<RunId, String>>,
-    /// Source namespaces of runs, read once from their spec (it never changes).
-    sources: Mutex<HashMap<RunId, Arc<Vec<String>>>>,
+    /// Source namespaces of runs with the labels recorded at submit, read
+    /// once from the head of their log (it never changes).
+    sources: Mutex<HashMap<RunId, Arc<Vec<SourceNamespace>>>>,
     /// Fires at shutdown: ends `follow` streams so connections can drain.
     pub shutdown: CancellationToken,
     /// The daemon's configuration (buckets for gc).
@@ -316,22 +318,17 @@ impl AppState {
             .ok_or_else(|| ApiError::not_found(name))
     }
 
-    /// The run's source namespaces (`namespaces[].source` of its spec), read once.
-    async fn sources(self: &Arc<Self>, run: RunId) -> Arc<Vec<String>> {
+    /// The run's source namespaces (`namespaces[].source` of its spec) with
+    /// the labels recorded when it was submitted, read once.
+    async fn sources(self: &Arc<Self>, run: RunId) -> Arc<Vec<SourceNamespace>> {
         if let Some(s) = self.sources.lock().expect("sources lock").get(&run) {
             return s.clone();
         }
         let store = self.engine.store().clone();
         let sources = blocking(move || {
-            // The spec is in the run's first event, RunSubmitted.
-            let first = store
-                .read(run, 0)
-                .ok()
-                .and_then(|envs| envs.into_iter().next());
-            match first.map(|env| Event::decode(&env.event)) {
-                Some(Ok(Event::RunSubmitted { spec, .. })) => source_namespaces(&spec.value()),
-                _ => Vec::new(),
-            }
+            // RunSubmitted (the spec) and Planned (the admission record) head the log.
+            let head = store.read(run, 0).unwrap_or_default();
+            admission::recorded_sources(&head)
         })
         .await
         .unwrap_or_default();
@@ -351,7 +348,7 @@ impl AppState {
         Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!(
-                "token {:?} (member) may not access clone {:?}: its source namespaces are not all among the token's namespaces",
+                "token {:?} (member) may not access clone {:?}: its source namespaces are not all allowed to the token (by name, or by the labels recorded when the clone was submitted matching its namespace_selector)",
                 who.name, summary.name
             ),
         ))
@@ -364,19 +361,6 @@ impl AppState {
             .get(&run)
             .cloned()
     }
-}
-
-/// `namespaces[].source` of a clone spec.
-pub fn source_namespaces(spec: &Value) -> Vec<String> {
-    spec.get("namespaces")
-        .and_then(Value::as_array)
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(|n| n.get("source").and_then(Value::as_str).map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 async fn healthz(State(state): State<Shared>) -> Response {
@@ -506,6 +490,12 @@ fn describe(view: &mut Value, st: &RunState, errors: &mut Vec<String>) {
     view["workflow"] = json!(st.workflow);
     view["sourceNamespaces"] = json!(source_namespaces(&spec));
     view["spec"] = spec;
+    view["admission"] = st
+        .plan_order
+        .first()
+        .map(|id| admission::from_plan(std::slice::from_ref(&st.steps[id].decl)))
+        .unwrap_or_default()
+        .unwrap_or(Value::Null);
     let plan: Vec<Value> = st
         .plan_order
         .iter()
@@ -638,8 +628,9 @@ async fn submit_clone(
 ) -> ApiResult {
     let q = query(raw, &["dryRun"])?;
     let dry_run = bool_param(&q, "dryRun")?;
-    let value: Value = serde_json::from_slice(&body)
+    let mut value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("body", format!("the body is not JSON: {e}")))?;
+    state.config.fill_spec_defaults(&mut value);
     let spec: CloneSpec = serde_json::from_value(value.clone())
         .map_err(|e| ApiError::bad_request("spec", format!("not a clone spec: {e}")))?;
     let problems = spec.problems();
@@ -650,13 +641,18 @@ async fn submit_clone(
             .collect();
         return Err(ApiError::bad_request(&first.field, all.join("; ")));
     }
-    if !who.unrestricted() && !who.may_access(&source_namespaces(&value)) {
+    let sources = source_namespaces(&value);
+    // A namespace neither named by the member's token nor decidable by its
+    // selector is refused before any cluster is read.
+    if let Some(ns) = sources
+        .iter()
+        .find(|n| who.grant(&SourceNamespace::named(n.as_str())).is_none() && !who.needs_labels(n))
+    {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!(
-                "token {:?} may not clone from namespaces {:?}; ask an admin for access to them",
-                who.name,
-                source_namespaces(&value)
+                "token {:?} (member) may not clone from namespace {ns:?}: it is not among the token's namespaces {:?}; ask an admin for access to it",
+                who.name, who.namespaces
             ),
         ));
     }
@@ -674,6 +670,21 @@ async fn submit_clone(
             ));
         }
     }
+    // The source namespaces' labels decide a member's selector now and are
+    // recorded with the clone for every later decision. Nothing is written
+    // on either cluster or in the store before this passes.
+    let admitted = admission::admit(
+        state.workflow.clusters(),
+        &who,
+        &spec.source_context,
+        &sources,
+        !dry_run,
+    )
+    .await
+    .map_err(|d| match d {
+        Denied::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, m),
+        Denied::Unreadable(m) => ApiError::new(StatusCode::BAD_GATEWAY, m),
+    })?;
     if dry_run {
         let answer = state.workflow.dry_run(&spec).await.map_err(|e| {
             ApiError::new(
@@ -685,10 +696,14 @@ async fn submit_clone(
             "plan": answer.plan, "refusals": answer.refusals, "text": answer.render_text()});
         return Ok((StatusCode::OK, axum::Json(body)).into_response());
     }
-    let submission = CloneWorkflow::submission(&spec)
+    let mut submission = CloneWorkflow::submission(&spec)
         .map_err(|e| ApiError::bad_request("spec", e.to_string()))?;
+    admission::record(&mut submission, &admitted).map_err(ApiError::internal)?;
     match state.engine.submit(submission).await {
         Ok(run) => {
+            tracing::info!(run.id = %run, run.name = %spec.name, by = %who.name,
+                namespaces = ?admitted.source_namespaces.iter().map(|n| (&n.name, n.allowed_by)).collect::<Vec<_>>(),
+                "clone admitted");
             state.track_run(run, 0);
             let body = json!({"name": spec.name, "run": run.to_string(), "phase": "Running",
                 "message": format!("clone {} started; `ferry describe clone {}` shows its progress", spec.name, spec.name)});
@@ -919,6 +934,14 @@ pub fn openapi() -> Value {
             .map(|(k, v)| (k.to_owned(), v))
             .collect::<serde_json::Map<_, _>>()
     };
+    // Its own value: one json! of the whole document exceeds the macro recursion limit.
+    let admission_schema = json!({"type": "object", "description": "What the daemon saw and decided when it let the clone in (recorded as the preflight step's input in the plan).",
+                    "required": ["by", "role", "sourceContext", "sourceNamespaces"], "properties": {
+                    "by": {"type": "string", "description": "The token's name (unix-socket for the owner)."}, "role": {"type": "string", "enum": ["owner", "admin", "member"]},
+                    "namespaceSelector": {"type": "string"}, "sourceContext": {"type": "string"},
+                    "sourceNamespaces": {"type": "array", "items": {"type": "object", "required": ["name", "labels", "allowedBy"], "properties": {
+                        "name": {"type": "string"}, "labels": {"type": ["object", "null"], "additionalProperties": {"type": "string"}},
+                        "labelsUnread": {"type": "string"}, "allowedBy": {"type": "string", "enum": ["role", "name", "selector"]}}}}}});
     json!({
         "openapi": "3.1.0",
         "info": {"title": "ferry", "version": env!("CARGO_PKG_VERSION"),
@@ -942,7 +965,7 @@ pub fn openapi() -> Value {
                 "parameters": [{"name": "dryRun", "in": "query", "required": false, "description": "Answer the plan; write nothing.", "schema": {"type": "boolean"}}],
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CloneSpec"}}}},
                 "responses": common(map(vec![("200", ok("The dry run: plan, warnings, refusals.", "DryRun")), ("201", ok("Recorded and started.", "Submitted")),
-                    ("403", err("The token may not clone from these namespaces.")), ("409", err("A clone of that name is on record.")), ("502", err("The clusters could not be read (dry run)."))]))},
+                    ("403", err("The token may not clone from a source namespace (not named by the token, and its labels on the source cluster do not match the token's namespace_selector).")), ("409", err("A clone of that name is on record.")), ("502", err("The clusters could not be read (dry run), or a source namespace's labels a member's selector needs."))]))},
                 "get": {"operationId": "listClones", "summary": "Clones on record, oldest first; a member sees only clones from its namespaces.",
                 "parameters": [
                     {"name": "phase", "in": "query", "required": false, "description": "Only clones in this phase.", "schema": {"type": "string", "enum": PHASES}},
@@ -998,6 +1021,7 @@ pub fn openapi() -> Value {
                 "Clone": {"allOf": [{"$ref": "#/components/schemas/CloneSummary"}, {"type": "object", "properties": {
                     "workflow": {"type": "string"}, "spec": {"description": "The spec, Secret data redacted."},
                     "sourceNamespaces": {"type": "array", "items": {"type": "string"}},
+                    "admission": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/Admission"}]},
                     "plan": {"type": "array", "items": {"$ref": "#/components/schemas/Step"}},
                     "warnings": {"type": "array", "items": {"type": "string"}}, "errors": {"type": "array", "items": {"type": "string"}},
                     "refusals": {"type": "array", "items": {"type": "object", "properties": {"object": {"type": "string"}, "rule": {"type": "string"}, "fix": {"type": "string"}}}},
@@ -1008,6 +1032,7 @@ pub fn openapi() -> Value {
                 "Cancelled": {"type": "object", "properties": {"name": {"type": "string"}, "run": {"type": "string"}, "cancelRequested": {"type": "boolean"}, "message": {"type": "string"}}},
                 "Verify": {"type": "object", "required": ["ok"], "properties": {"name": {"type": "string"}, "run": {"type": "string"}, "ok": {"type": "boolean"},
                     "events": {"type": "integer"}, "firstBadSeq": {"type": ["integer", "null"]}, "problem": {"type": ["string", "null"]}}},
+                "Admission": admission_schema,
                 "Deleted": {"type": "object", "properties": {"name": {"type": "string"}, "run": {"type": "string"}, "deleted": {"type": "boolean"}, "message": {"type": "string"}}}
             }
         }

@@ -5,7 +5,9 @@
 //! Exit codes (scripts rely on them): 0 ok; 1 failed or rolled back, or the
 //! daemon refused the request; 2 usage error or Refused; 3 daemon
 //! unreachable. Output is plain text (no colour, no cursor movement), so
-//! it reads the same in a terminal and in a pipe.
+//! it reads the same in a terminal and in a pipe — except the live lines
+//! `--follow` and `clone --wait` keep under the rows on a terminal (the
+//! step under way, a bar per volume being moved; see `progress.rs`).
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -14,6 +16,7 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 
 use crate::client::{self, Client, ClientError};
+use crate::progress::{Observed, Tracker};
 
 /// How to print an object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -279,19 +282,12 @@ pub async fn events(
     }
     let mut body = reply.body;
     let mut pending: Vec<u8> = Vec::new();
-    // On a terminal, --follow keeps a live line under the rows: the current
-    // step, its attempt, checkpointed bytes, elapsed time. Elsewhere, plain rows.
-    let bar =
-        (follow && output == EventsOutput::Table && std::io::stdout().is_terminal()).then(|| {
-            let pb = indicatif::ProgressBar::new_spinner();
-            pb.set_style(
-                indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-            );
-            pb.enable_steady_tick(std::time::Duration::from_millis(120));
-            pb.set_message(format!("clone {name}: waiting for events"));
-            pb
-        });
+    // On a terminal, --follow keeps live lines under the rows: the current
+    // step, and a bar per volume the mover carries (bytes, rate, ETA).
+    // Elsewhere, plain rows; a volume's progress is in its StepProgress rows.
+    let mut tracker = Tracker::new(name);
+    let mut live = (follow && output == EventsOutput::Table && std::io::stdout().is_terminal())
+        .then(|| Live::new(name));
     let mut out = std::io::stdout().lock();
     if output == EventsOutput::Table {
         writeln!(
@@ -313,14 +309,11 @@ pub async fn events(
                 while let Some(i) = pending.iter().position(|b| *b == b'\n') {
                     let line: Vec<u8> = pending.drain(..=i).collect();
                     if let Ok(v) = serde_json::from_slice::<Value>(&line) {
-                        match &bar {
-                            Some(pb) => {
-                                pb.println(event_row(&v));
-                                if let Some(m) = progress_message(name, &v) {
-                                    pb.set_message(m);
-                                }
-                            }
-                            None => writeln!(out, "{}", event_row(&v))?,
+                        let seen = tracker.observe(&v);
+                        let row = event_row(&v, &tracker);
+                        match &mut live {
+                            Some(l) => l.show(&row, &seen, &tracker),
+                            None => writeln!(out, "{row}")?,
                         }
                     }
                 }
@@ -329,8 +322,8 @@ pub async fn events(
         out.flush()?;
     }
     drop(out);
-    if let Some(pb) = bar {
-        pb.finish_and_clear();
+    if let Some(l) = live {
+        l.clear();
     }
     if !follow {
         return Ok(ExitCode::SUCCESS);
@@ -352,7 +345,75 @@ pub async fn events(
     }
 }
 
-fn event_row(v: &Value) -> String {
+/// The live lines on a terminal: a spinner with the step under way, and a
+/// bar per volume being moved.
+struct Live {
+    multi: indicatif::MultiProgress,
+    status: indicatif::ProgressBar,
+    volumes: std::collections::HashMap<String, indicatif::ProgressBar>,
+}
+
+impl Live {
+    fn new(name: &str) -> Self {
+        let multi = indicatif::MultiProgress::new();
+        let status = multi.add(indicatif::ProgressBar::new_spinner());
+        status.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        status.enable_steady_tick(std::time::Duration::from_millis(120));
+        status.set_message(format!("clone {name}: waiting for events"));
+        Live {
+            multi,
+            status,
+            volumes: Default::default(),
+        }
+    }
+
+    fn show(&mut self, row: &str, seen: &Observed, tracker: &Tracker) {
+        let _ = self.multi.println(row);
+        if let Some(m) = &seen.status {
+            self.status.set_message(m.clone());
+        }
+        let Some(step) = &seen.volume else { return };
+        let Some(volume) = tracker.volume(step) else {
+            return;
+        };
+        let bar = self.volumes.entry(step.clone()).or_insert_with(|| {
+            let pb = self.multi.add(indicatif::ProgressBar::new(0));
+            pb.set_prefix(step.clone());
+            pb
+        });
+        // Our own text carries rate and ETA from the log's timestamps:
+        // indicatif's would measure when lines arrive, not when bytes moved.
+        let (style, position) = match volume.sample().and_then(|s| s.total.map(|t| (s.done, t))) {
+            Some((done, total)) => {
+                bar.set_length(total.max(1));
+                ("  {prefix} [{bar:24}] {msg}", done.min(total))
+            }
+            None => ("  {prefix} {msg}", 0),
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(style)
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_position(position);
+        bar.set_message(volume.text());
+    }
+
+    fn clear(self) {
+        for bar in self.volumes.values() {
+            bar.finish_and_clear();
+        }
+        self.status.finish_and_clear();
+        let _ = self.multi.clear();
+    }
+}
+
+/// One row of `ferry events -o table`; a volume's checkpoint shows its
+/// bytes, rate and ETA as `tracker` (which has seen this line) knows them.
+fn event_row(v: &Value, tracker: &Tracker) -> String {
     let (kind, fields) = match &v["event"] {
         Value::String(k) => (k.clone(), Value::Null),
         Value::Object(m) if m.len() == 1 => {
@@ -397,6 +458,10 @@ fn event_row(v: &Value) -> String {
             .join("; "),
         "CancelRequested" | "CompensationStarted" | "RunFailed" => s(&fields["reason"]),
         "CompensationFailed" => s(&fields["error"]),
+        "StepProgress" | "StepSucceeded" => tracker
+            .volume(&step)
+            .map(|vol| vol.text())
+            .unwrap_or_default(),
         "RunSucceededWithWarnings" => fields["warnings"]
             .as_array()
             .into_iter()
@@ -545,30 +610,6 @@ pub fn timestamp(ms: u64) -> String {
         rem % 60,
         ms % 1000
     )
-}
-
-/// The live line for an event of the log: which step runs, and how far.
-fn progress_message(name: &str, line: &Value) -> Option<String> {
-    let (kind, fields) = match &line["event"] {
-        Value::Object(m) => m.iter().next().map(|(k, v)| (k.as_str(), v.clone()))?,
-        Value::String(k) => (k.as_str(), Value::Null),
-        _ => return None,
-    };
-    let step = s(&fields["step"]);
-    Some(match kind {
-        "StepStarted" => format!("clone {name}: {step} (attempt {})", fields["attempt"]),
-        "StepProgress" => {
-            let cp = &fields["checkpoint"];
-            match cp["bytes"].as_u64() {
-                Some(b) => format!("clone {name}: {step} — {:.1} MiB", b as f64 / 1048576.0),
-                None => format!("clone {name}: {step} — checkpoint {cp}"),
-            }
-        }
-        "StepSucceeded" => format!("clone {name}: {step} done"),
-        "StepFailed" => format!("clone {name}: {step} failed, retrying if it can"),
-        "CompensationStarted" => format!("clone {name}: rolling back"),
-        _ => return None,
-    })
 }
 
 /// `ferry gc`: the daemon collects unreferenced chunks in a bucket.

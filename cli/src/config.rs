@@ -125,7 +125,8 @@ pub struct Hooks {
     /// How long one hook may run when the hook does not say (a duration,
     /// default `"25m"`).
     pub timeout: Option<String>,
-    /// `fail` (default: the clone rolls back) or `continue` (a warning).
+    /// `fail` (the clone rolls back) or `continue` (a warning); unset, pre
+    /// hooks fail and post hooks continue.
     pub on_failure: Option<String>,
 }
 
@@ -170,6 +171,39 @@ const ACCESS_MODES: &[&str] = &[
 ];
 
 impl Config {
+    /// Writes the config's defaults into a clone spec (as JSON, before it
+    /// is parsed) where the spec leaves them out: `default_health_deadline`
+    /// and each hook's `[hooks]` timeout and on-failure policy. The spec
+    /// the log records then says what runs, whatever the config says after
+    /// a restart.
+    pub fn fill_spec_defaults(&self, spec: &mut serde_json::Value) {
+        let Some(obj) = spec.as_object_mut() else {
+            return;
+        };
+        if let Some(d) = self
+            .default_health_deadline
+            .as_deref()
+            .and_then(|d| parse_duration(d).ok())
+        {
+            obj.entry("healthDeadlineSeconds")
+                .or_insert(d.as_secs().into());
+        }
+        ferry_steps::spec::HookDefaults {
+            timeout_seconds: self
+                .hooks
+                .timeout
+                .as_deref()
+                .and_then(|t| parse_duration(t).ok())
+                .map(|d| d.as_secs().max(1)),
+            on_error: match self.hooks.on_failure.as_deref() {
+                Some("fail") => Some(ferry_steps::spec::OnError::Fail),
+                Some("continue") => Some(ferry_steps::spec::OnError::Continue),
+                _ => None,
+            },
+        }
+        .fill(spec);
+    }
+
     /// Reads, parses and validates the config file. Nothing is created.
     ///
     /// # Errors
@@ -453,6 +487,32 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config> {
         Config::parse(text, Path::new("/etc/ferry/config.toml"))
+    }
+
+    #[test]
+    fn defaults_fill_what_a_spec_leaves_out() {
+        let c = parse(
+            "default_health_deadline = \"15m\"\n[hooks]\ntimeout = \"5m\"\non_failure = \"continue\"\n",
+        )
+        .unwrap();
+        let mut spec = serde_json::json!({
+            "name": "c", "sourceContext": "a", "destinationContext": "b",
+            "namespaces": [{"source": "x", "destination": "y"}],
+            "hooks": [{"name": "q", "stage": "pre", "command": ["sync"]},
+                      {"name": "r", "stage": "pre", "command": ["sync"], "timeoutSeconds": 9}]});
+        c.fill_spec_defaults(&mut spec);
+        let spec: ferry_steps::spec::CloneSpec = serde_json::from_value(spec).unwrap();
+        assert_eq!(spec.health_deadline_seconds, 900);
+        assert_eq!(spec.hooks[0].timeout_seconds, 300);
+        assert_eq!(
+            spec.hooks[0].on_error(),
+            ferry_steps::spec::OnError::Continue
+        );
+        assert_eq!(spec.hooks[1].timeout_seconds, 9);
+        // A spec's own deadline wins.
+        let mut own = serde_json::json!({"healthDeadlineSeconds": 60});
+        c.fill_spec_defaults(&mut own);
+        assert_eq!(own["healthDeadlineSeconds"], 60);
     }
 
     #[test]

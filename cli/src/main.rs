@@ -6,11 +6,14 @@
 //!   listeners, graceful shutdown; the step `registry`.
 //! - `config.rs`: the TOML config, strict and validated.
 //! - `tokens.rs`: hashed bearer tokens, roles, member namespace rules.
+//! - `admission.rs`: a submitted clone's source namespaces checked against
+//!   the token (labels read from the source cluster) and recorded with it.
 //! - `api.rs`: the HTTP API (router, handlers, auth, OpenAPI document).
 //! - `server.rs`: the Unix socket and TLS accept loops.
 //! - `metrics.rs`: Prometheus text; `redact.rs`: Secret data removal.
 //! - `client.rs`: HTTP/1.1 to the daemon; `commands.rs`: the client verbs
-//!   and their output.
+//!   and their output; `progress.rs`: live progress (step, volume bytes,
+//!   rate, ETA) read from a clone's log.
 //! - `demo.rs`: `ferry demo`, a clone between two simulated clusters.
 //! - `engine_demo.rs`: `ferry engine-demo`, a tour of the durable engine
 //!   (crash, resume, rollback, verify) on a workflow that copies files.
@@ -25,6 +28,7 @@ use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
+mod admission;
 mod api;
 mod client;
 mod commands;
@@ -33,6 +37,7 @@ mod daemon;
 mod demo;
 mod engine_demo;
 mod metrics;
+mod progress;
 mod redact;
 mod server;
 mod tokens;

@@ -2,12 +2,17 @@
 //! counters and histograms do not need a metrics crate.
 //!
 //! Clones by phase are read from the store's index at scrape time. Step
-//! durations, retries and the event append latency come from watching the
-//! events of the runs this daemon drives ([`Metrics::watch`]), each seen
-//! once it is durable: the latency is from the event's timestamp (taken
-//! just before the append) to its delivery after the fsync.
+//! durations, retries, volume bytes and the event append latency come from
+//! watching the events of the runs this daemon drives ([`Metrics::watch`]),
+//! each seen once it is durable: the latency is from the event's timestamp
+//! (taken just before the append) to its delivery after the fsync.
+//!
+//! Counters count from the daemon's start. A run resumed after a restart
+//! is read from its first event, but only what is appended from then on
+//! counts: the earlier events only tell how far each volume had got, so
+//! bytes moved before the restart are not counted again after it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use ferry_engine::Event;
 use ferry_store::{RunId, Store};
 use tokio_util::sync::CancellationToken;
+
+use crate::progress::{MOVER_KIND, Phase, Sample};
 
 /// A histogram with fixed bucket bounds (seconds).
 #[derive(Debug)]
@@ -71,6 +78,57 @@ impl Histogram {
     }
 }
 
+/// How far each volume of one run has got, in tar stream bytes: the high
+/// marks of its checkpoints and its success. A mark only rises, so a retry
+/// that streams a volume again, or a log read again, adds nothing.
+#[derive(Debug, Default)]
+struct VolumeBytes {
+    movers: HashSet<String>,
+    /// Step → (stored in the bucket, written into the destination).
+    marks: HashMap<String, (u64, u64)>,
+}
+
+impl VolumeBytes {
+    /// Takes in one event; returns how far the marks rose (upload, download).
+    fn observe(&mut self, event: &Event) -> (u64, u64) {
+        let (step, up, down) = match event {
+            Event::Planned { steps } | Event::PlanExtended { steps, .. } => {
+                for d in steps.iter().filter(|d| d.kind == MOVER_KIND) {
+                    self.movers.insert(d.id.0.clone());
+                }
+                return (0, 0);
+            }
+            Event::StepProgress { step, checkpoint } if self.movers.contains(&step.0) => {
+                match Sample::from_checkpoint(0, &checkpoint.value()) {
+                    Some(Sample {
+                        phase: Phase::Upload,
+                        done,
+                        ..
+                    }) => (step, done, 0),
+                    // A download starts once the whole stream is stored.
+                    Some(Sample {
+                        phase: Phase::Download,
+                        done,
+                        total,
+                        ..
+                    }) => (step, total.unwrap_or(0), done),
+                    None => return (0, 0),
+                }
+            }
+            Event::StepSucceeded { step, output, .. } if self.movers.contains(&step.0) => {
+                let bytes = output.value()["bytes"].as_u64().unwrap_or(0);
+                (step, bytes, bytes)
+            }
+            _ => return (0, 0),
+        };
+        let mark = self.marks.entry(step.0.clone()).or_default();
+        let rose = (up.saturating_sub(mark.0), down.saturating_sub(mark.1));
+        mark.0 = mark.0.max(up);
+        mark.1 = mark.1.max(down);
+        rose
+    }
+}
+
 const STEP_BOUNDS: &[f64] = &[0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0];
 const APPEND_BOUNDS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
@@ -86,6 +144,8 @@ pub struct Metrics {
     interrupted: AtomicU64,
     events_seen: AtomicU64,
     not_resumable: AtomicU64,
+    volume_bytes_up: AtomicU64,
+    volume_bytes_down: AtomicU64,
     /// Requests answered, by status code.
     requests: Mutex<BTreeMap<u16, u64>>,
 }
@@ -100,6 +160,8 @@ impl Default for Metrics {
             interrupted: 0.into(),
             events_seen: 0.into(),
             not_resumable: 0.into(),
+            volume_bytes_up: 0.into(),
+            volume_bytes_down: 0.into(),
             requests: Mutex::new(BTreeMap::new()),
         }
     }
@@ -121,8 +183,9 @@ impl Metrics {
         self.not_resumable.store(n as u64, Ordering::Relaxed);
     }
 
-    /// Watches `run`'s events from `from_seq` until it ends or `stop` fires,
-    /// feeding step durations, retries and append latency.
+    /// Watches `run`'s events until it ends or `stop` fires, feeding step
+    /// durations, retries, volume bytes and append latency with the events
+    /// from `from_seq` on; the ones before only set where each volume stood.
     pub fn watch(
         self: &std::sync::Arc<Self>,
         store: &Store,
@@ -130,10 +193,11 @@ impl Metrics {
         from_seq: u64,
         stop: CancellationToken,
     ) {
-        let mut sub = store.subscribe(run, from_seq);
+        let mut sub = store.subscribe(run, 0);
         let metrics = self.clone();
         tokio::spawn(async move {
             let mut started: HashMap<String, u64> = HashMap::new();
+            let mut volumes = VolumeBytes::default();
             loop {
                 let env = tokio::select! {
                     _ = stop.cancelled() => return,
@@ -146,12 +210,20 @@ impl Metrics {
                         }
                     },
                 };
+                let event = Event::decode(&env.event).ok();
+                let (up, down) = event.as_ref().map_or((0, 0), |e| volumes.observe(e));
+                if env.seq < from_seq {
+                    // Before this daemon's start: counted by the one before.
+                    continue;
+                }
+                metrics.volume_bytes_up.fetch_add(up, Ordering::Relaxed);
+                metrics.volume_bytes_down.fetch_add(down, Ordering::Relaxed);
                 metrics.events_seen.fetch_add(1, Ordering::Relaxed);
                 let now = unix_ms();
                 metrics
                     .append_latency
                     .observe(now.saturating_sub(env.at_ms) as f64 / 1000.0);
-                let Ok(event) = Event::decode(&env.event) else {
+                let Some(event) = event else {
                     continue;
                 };
                 let took = |started: &mut HashMap<String, u64>, step: &str| {
@@ -268,6 +340,17 @@ impl Metrics {
             "ferry_step_interruptions_total {}",
             self.interrupted.load(Ordering::Relaxed)
         );
+        out.push_str("# HELP ferry_volume_bytes_moved_total Volume data (tar stream bytes) the data mover carried: upload, from the source into the bucket; download, from the bucket into the destination. Each volume counted once, from its checkpoints and its success.\n# TYPE ferry_volume_bytes_moved_total counter\n");
+        for (phase, n) in [
+            ("upload", &self.volume_bytes_up),
+            ("download", &self.volume_bytes_down),
+        ] {
+            let _ = writeln!(
+                out,
+                "ferry_volume_bytes_moved_total{{phase=\"{phase}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
         out.push_str("# HELP ferry_events_total Events appended to the runs this daemon drives.\n# TYPE ferry_events_total counter\n");
         let _ = writeln!(
             out,
@@ -357,6 +440,171 @@ mod tests {
         assert!(text.contains("ferry_step_retries_total 1"), "{text}");
         stop.cancel();
         engine.shutdown().await;
+    }
+
+    /// A stand-in for the mover step: its kind and checkpoints' shape.
+    struct FakeMover;
+
+    impl ferry_engine::Step for FakeMover {
+        type Input = serde_json::Value;
+        type Output = serde_json::Value;
+
+        fn kind(&self) -> &'static str {
+            MOVER_KIND
+        }
+
+        async fn run(
+            &self,
+            ctx: &ferry_engine::StepCtx,
+            _input: serde_json::Value,
+        ) -> Result<serde_json::Value, ferry_engine::StepError> {
+            use serde_json::json;
+            for done in [0u64, 100, 250] {
+                ctx.save_checkpoint(&json!({"bytes_done": done, "expected_bytes": 280}), true)
+                    .await?;
+            }
+            ctx.save_checkpoint(
+                &json!({"bytes_done": 300, "phase": "download", "bytes_downloaded": 120}),
+                true,
+            )
+            .await?;
+            Ok(json!({"bytes": 300}))
+        }
+
+        async fn compensate(
+            &self,
+            _ctx: &ferry_engine::CompensateCtx,
+            _input: serde_json::Value,
+            _output: Option<serde_json::Value>,
+        ) -> Result<(), ferry_engine::StepError> {
+            Ok(())
+        }
+    }
+
+    /// Waits until `m` has seen `n` events.
+    async fn caught_up(m: &Metrics, n: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while m.events_seen.load(Ordering::Relaxed) < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the watcher did not catch up"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn volume_bytes_count_once_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ferry_store::Store::open(ferry_store::StoreOptions {
+            dir: dir.path().join("state"),
+            mac_key: ferry_store::Key32::load_or_create(&dir.path().join("audit.key")).unwrap(),
+            blob_key: None,
+        })
+        .unwrap();
+        let mut registry = ferry_engine::Registry::new();
+        registry.register(FakeMover);
+        let engine = ferry_engine::Engine::new(store, registry, fast_options());
+        let mut decl = work("volume/db-copy/data", WorkInput::default());
+        decl.kind = MOVER_KIND.into();
+        decl.input = ferry_engine::Json::null();
+        let run = engine.submit(submission("v", vec![decl])).await.unwrap();
+        engine.wait(run).await.unwrap();
+        let events = engine.store().read(run, 0).unwrap();
+        let total = events.len() as u64;
+
+        // A daemon that drove the whole run counts each volume's stream once
+        // per leg, whatever its checkpoints said on the way.
+        let whole = Arc::new(Metrics::default());
+        let stop = CancellationToken::new();
+        whole.watch(engine.store(), run, 0, stop.clone());
+        caught_up(&whole, total).await;
+        let text = whole.render(&BTreeMap::new());
+        assert!(
+            text.contains("ferry_volume_bytes_moved_total{phase=\"upload\"} 300"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ferry_volume_bytes_moved_total{phase=\"download\"} 300"),
+            "{text}"
+        );
+
+        // A daemon started after the 250-byte checkpoint was durable (a
+        // restart) counts only what came after it.
+        let after = events
+            .iter()
+            .position(|e| {
+                matches!(Event::decode(&e.event), Ok(Event::StepProgress { checkpoint, .. })
+                    if checkpoint.value()["bytes_done"] == 250)
+            })
+            .unwrap() as u64
+            + 1;
+        let resumed = Arc::new(Metrics::default());
+        resumed.watch(engine.store(), run, after, stop.clone());
+        caught_up(&resumed, total - after).await;
+        let text = resumed.render(&BTreeMap::new());
+        assert!(
+            text.contains("ferry_volume_bytes_moved_total{phase=\"upload\"} 50"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ferry_volume_bytes_moved_total{phase=\"download\"} 300"),
+            "{text}"
+        );
+        assert_eq!(resumed.events_seen.load(Ordering::Relaxed), total - after);
+        stop.cancel();
+        engine.shutdown().await;
+    }
+
+    #[test]
+    fn volume_marks_only_rise_and_only_for_mover_steps() {
+        use ferry_engine::{Json, StepId};
+        let mut v = VolumeBytes::default();
+        let mut decl = work("volume/a/data", WorkInput::default());
+        decl.kind = MOVER_KIND.into();
+        let other = work("apply", WorkInput::default());
+        assert_eq!(
+            v.observe(&Event::Planned {
+                steps: vec![decl, other]
+            }),
+            (0, 0)
+        );
+        let progress = |step: &str, cp: &str| Event::StepProgress {
+            step: StepId(step.into()),
+            checkpoint: Json(cp.into()),
+        };
+        assert_eq!(
+            v.observe(&progress("volume/a/data", r#"{"bytes_done": 40}"#)),
+            (40, 0)
+        );
+        // A retry re-reads the source from its start: nothing new until it passes the mark.
+        assert_eq!(
+            v.observe(&progress("volume/a/data", r#"{"bytes_done": 10}"#)),
+            (0, 0)
+        );
+        assert_eq!(
+            v.observe(&progress("volume/a/data", r#"{"bytes_done": 60}"#)),
+            (20, 0)
+        );
+        assert_eq!(
+            v.observe(&progress(
+                "volume/a/data",
+                r#"{"bytes_done": 70, "phase": "download", "bytes_downloaded": 30}"#
+            )),
+            (10, 30)
+        );
+        assert_eq!(
+            v.observe(&progress("apply", r#"{"bytes_done": 99}"#)),
+            (0, 0)
+        );
+        assert_eq!(
+            v.observe(&Event::StepSucceeded {
+                step: StepId("volume/a/data".into()),
+                output: Json(r#"{"bytes": 70}"#.into()),
+                warnings: vec![],
+            }),
+            (0, 40)
+        );
     }
 
     #[test]

@@ -13,10 +13,18 @@
 //! namespaces = ["shop", "web"]     # members: allowed source namespaces by name
 //! namespace_selector = "team=shop" # members: or by the namespace's labels
 //! ```
+//!
+//! A member's access is decided per source namespace ([`Principal::grant`])
+//! from facts recorded with the clone when it was submitted
+//! ([`SourceNamespace`]: the namespace's name and the labels the daemon read
+//! from the source cluster then), so that it never needs the cluster later
+//! and cannot change under an existing clone.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use ferry_steps::object::RUN_LABEL;
+use ferry_steps::selector::LabelSelector;
 use serde::{Deserialize, Serialize};
 
 /// A tokens file that cannot be used.
@@ -86,7 +94,7 @@ struct Entry {
 }
 
 /// Who is asking, once authenticated.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
     /// The token's name (`unix-socket` for the socket).
     pub name: String,
@@ -95,8 +103,44 @@ pub struct Principal {
     /// A member's allowed source namespaces, by name.
     pub namespaces: Vec<String>,
     /// A member's allowed source namespaces, by label selector (equality
-    /// terms, comma-separated).
-    pub namespace_selector: Option<String>,
+    /// terms, comma-separated), parsed.
+    pub namespace_selector: Option<LabelSelector>,
+}
+
+/// A source namespace of a clone as recorded when it was submitted: its
+/// name and the labels the daemon read from the source cluster then.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceNamespace {
+    /// The namespace.
+    pub name: String,
+    /// Its labels at submit; `None` when they were not read (the namespace
+    /// was absent, the cluster could not be read, or the clone predates
+    /// label recording).
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+impl SourceNamespace {
+    /// A namespace known by name only (no labels recorded).
+    pub fn named(name: impl Into<String>) -> Self {
+        SourceNamespace {
+            name: name.into(),
+            labels: None,
+        }
+    }
+}
+
+/// Why a principal may use a source namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Grant {
+    /// Owner or admin: every namespace.
+    Role,
+    /// The namespace is among the member's `namespaces`.
+    Name,
+    /// The namespace's recorded labels match the member's `namespace_selector`.
+    Selector,
 }
 
 impl Principal {
@@ -111,25 +155,47 @@ impl Principal {
         }
     }
 
-    /// Whether this principal may see and act on a clone whose source
-    /// namespaces are `sources`.
+    /// Why this principal may use source namespace `ns`, if it may.
     ///
-    /// Owner and admin: always. A member: only when the clone names at least
-    /// one source namespace and every one is allowed by name. Label
-    /// constraints are not evaluated yet, because they need the source
-    /// namespace's labels, which submit will read from the source cluster
-    /// and record with the clone; until then a namespace allowed only by a
-    /// selector is denied (deny by default).
-    pub fn may_access(&self, sources: &[String]) -> bool {
+    /// Owner and admin: always. A member: when `ns` is among its namespaces
+    /// by name, or when its recorded labels match its selector. Labels that
+    /// were not recorded match nothing (deny by default). Nor do the labels
+    /// of a namespace ferry created (it carries `ferry.dev/run`): they were
+    /// copied from its source and chosen by whoever cloned it, so being
+    /// allowed a source namespace gives no access to its clones'
+    /// destination namespaces; name them to allow them.
+    pub fn grant(&self, ns: &SourceNamespace) -> Option<Grant> {
+        match self.role {
+            Role::Owner | Role::Admin => Some(Grant::Role),
+            Role::Member if self.namespaces.contains(&ns.name) => Some(Grant::Name),
+            Role::Member => match (&self.namespace_selector, &ns.labels) {
+                (Some(sel), Some(labels))
+                    if !labels.contains_key(RUN_LABEL) && sel.matches(labels) =>
+                {
+                    Some(Grant::Selector)
+                }
+                _ => None,
+            },
+        }
+    }
+
+    /// Whether this principal may see and act on a clone whose source
+    /// namespaces are `sources`: owner and admin always; a member when the
+    /// clone names at least one source namespace and [`Principal::grant`]
+    /// allows every one.
+    pub fn may_access(&self, sources: &[SourceNamespace]) -> bool {
         match self.role {
             Role::Owner | Role::Admin => true,
-            Role::Member => {
-                !sources.is_empty()
-                    && sources
-                        .iter()
-                        .all(|s| self.namespaces.iter().any(|n| n == s))
-            }
+            Role::Member => !sources.is_empty() && sources.iter().all(|s| self.grant(s).is_some()),
         }
+    }
+
+    /// Whether deciding on `ns` needs its labels: a member with a selector
+    /// that does not name it.
+    pub fn needs_labels(&self, ns: &str) -> bool {
+        self.role == Role::Member
+            && self.namespace_selector.is_some()
+            && !self.namespaces.iter().any(|n| n == ns)
     }
 
     /// Whether this principal may act on every clone (owner and admin).
@@ -216,14 +282,21 @@ impl Tokens {
                 }
                 _ => {}
             }
-            if let Some(sel) = &e.namespace_selector {
-                check_selector(sel).map_err(|r| invalid("namespace_selector", r))?;
-            }
+            let namespace_selector = match &e.namespace_selector {
+                Some(sel) => {
+                    check_selector(sel).map_err(|r| invalid("namespace_selector", r))?;
+                    Some(
+                        LabelSelector::parse(sel)
+                            .map_err(|r| invalid("namespace_selector", r.to_string()))?,
+                    )
+                }
+                None => None,
+            };
             let principal = Principal {
                 name: e.name.clone(),
                 role: e.role,
                 namespaces: e.namespaces.clone(),
-                namespace_selector: e.namespace_selector.clone(),
+                namespace_selector,
             };
             if by_hash.insert(hash, principal).is_some() {
                 return Err(invalid("hash", "is the same as an earlier entry's".into()));
@@ -310,10 +383,58 @@ mod tests {
         let p = t.authenticate("secret-token").unwrap();
         assert_eq!(p.role, Role::Member);
         assert!(t.authenticate("other").is_none());
-        assert!(p.may_access(&["shop".into()]));
-        assert!(!p.may_access(&["shop".into(), "bank".into()]));
+        let named = |names: &[&str]| -> Vec<SourceNamespace> {
+            names.iter().map(|n| SourceNamespace::named(*n)).collect()
+        };
+        assert!(p.may_access(&named(&["shop"])));
+        assert!(!p.may_access(&named(&["shop", "bank"])));
         assert!(!p.may_access(&[]));
         assert!(!p.may_delete());
+    }
+
+    fn labelled(name: &str, labels: &[(&str, &str)]) -> SourceNamespace {
+        SourceNamespace {
+            name: name.into(),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
+        }
+    }
+
+    #[test]
+    fn a_selector_member_is_granted_by_recorded_labels_only() {
+        let text = format!(
+            "[[token]]\nname = \"team\"\nhash = \"{}\"\nrole = \"member\"\nnamespaces = [\"web\"]\nnamespace_selector = \"team=shop, tier!=secret, !frozen\"\n",
+            hash_token("t")
+        );
+        let t = parse(&text).unwrap();
+        let p = t.authenticate("t").unwrap();
+        let shop = labelled("shop", &[("team", "shop")]);
+        assert_eq!(p.grant(&shop), Some(Grant::Selector));
+        assert_eq!(p.grant(&SourceNamespace::named("web")), Some(Grant::Name));
+        // Every term must hold.
+        for denied in [
+            labelled("bank", &[("team", "bank")]),
+            labelled("shop", &[("team", "shop"), ("tier", "secret")]),
+            labelled("shop", &[("team", "shop"), ("frozen", "")]),
+            labelled("shop", &[]),
+            // Labels not recorded (an older clone, or unreadable): deny.
+            SourceNamespace::named("shop"),
+            // A namespace ferry made: its labels were copied by whoever cloned it.
+            labelled("shop-copy", &[("team", "shop"), (RUN_LABEL, "0190")]),
+        ] {
+            assert_eq!(p.grant(&denied), None, "{denied:?}");
+        }
+        assert!(p.may_access(&[shop.clone(), SourceNamespace::named("web")]));
+        assert!(!p.may_access(&[shop, labelled("bank", &[("team", "bank")])]));
+        assert!(p.needs_labels("shop"));
+        assert!(!p.needs_labels("web"));
+        let owner = Principal::socket_owner();
+        assert_eq!(owner.grant(&SourceNamespace::named("x")), Some(Grant::Role));
+        assert!(!owner.needs_labels("x"));
     }
 
     #[test]

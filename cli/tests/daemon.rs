@@ -495,11 +495,22 @@ fn bad_config_is_refused_naming_the_key_and_creates_nothing() {
         ),
         ("tokens_file = \"tokens.toml\"\n", "tokens.toml"),
     ];
+    // Clusters the daemon would reach: a bad config touches neither.
+    let clusters = Env::new();
+    let prod = Sim::start(clusters.root(), "prod");
+    let staging = Sim::start(clusters.root(), "staging");
+    let untouched = Unchanged::of(&[&prod, &staging]);
+    let kubeconfigs = [
+        "--kubeconfig",
+        prod.kubeconfig.to_str().unwrap(),
+        "--kubeconfig",
+        staging.kubeconfig.to_str().unwrap(),
+    ];
     for (text, key) in cases {
         let env = Env::new();
         std::fs::create_dir_all(env.config().parent().unwrap()).unwrap();
         std::fs::write(env.config(), text).unwrap();
-        let mut d = Daemon::spawn(&env, &[]);
+        let mut d = Daemon::spawn(&env, &kubeconfigs);
         let status = d.child.wait().unwrap();
         let msg = d.stderr_text();
         assert!(!status.success(), "{text}");
@@ -522,9 +533,26 @@ fn bad_config_is_refused_naming_the_key_and_creates_nothing() {
         "[[token]]\nname = \"ci\"\nhash = \"not-a-hash\"\nrole = \"admin\"\n",
     )
     .unwrap();
-    let mut d = Daemon::spawn(&env, &[]);
+    let mut d = Daemon::spawn(&env, &kubeconfigs);
     assert!(!d.child.wait().unwrap().success());
     assert!(d.stderr_text().contains("`hash`"), "{}", d.stderr_text());
+    assert!(!env.state().exists());
+    // A selector that is not equality-based.
+    std::fs::write(
+        env.config().with_file_name("tokens.toml"),
+        format!(
+            "[[token]]\nname = \"ci\"\nhash = \"{}\"\nrole = \"member\"\nnamespace_selector = \"team in (a,b)\"\n",
+            "0".repeat(64)
+        ),
+    )
+    .unwrap();
+    let mut d = Daemon::spawn(&env, &kubeconfigs);
+    assert!(!d.child.wait().unwrap().success());
+    assert!(
+        d.stderr_text().contains("`namespace_selector`"),
+        "{}",
+        d.stderr_text()
+    );
     assert!(!env.state().exists());
     // --listen without TLS files is a usage error.
     let out = cli(
@@ -539,6 +567,7 @@ fn bad_config_is_refused_naming_the_key_and_creates_nothing() {
     );
     assert_eq!(code(&out), 2, "{}", stderr(&out));
     assert!(!env.state().exists());
+    untouched.check("the refused configs");
 }
 
 #[test]

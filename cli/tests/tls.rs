@@ -140,7 +140,9 @@ fn tls_listener_needs_tokens_and_enforces_roles() {
     let out = as_(Some(MEMBER), &["delete", "clone", "ok"]);
     assert_eq!(code(&out), 1);
     assert!(stderr(&out).contains("may not delete"), "{}", stderr(&out));
-    // Label constraints are not evaluated yet: deny by default.
+    // These clones were recorded without their namespaces' labels (not
+    // submitted through the daemon): a selector matches nothing, deny by
+    // default. tests/members.rs has selectors deciding on recorded labels.
     assert_eq!(
         names_phases(&json_of(&as_(
             Some(SELECTOR_ONLY),

@@ -91,6 +91,62 @@ impl Sim {
         assert_eq!(status, 200, "{text}");
         serde_json::from_str(&text).unwrap()
     }
+
+    /// Its global resourceVersion: every write to any object raises it.
+    pub fn resource_version(&self) -> u64 {
+        self.counters()["resourceVersion"]
+            .as_u64()
+            .expect("counters carry the resourceVersion")
+    }
+
+    /// Its resourceVersion once its controllers have caught up: unchanged
+    /// over a 100 ms window (within 10 s). Controllers react to writes
+    /// asynchronously, so "nothing was written" compares settled values.
+    pub fn settled_resource_version(&self) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = self.resource_version();
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = self.resource_version();
+            if now == last {
+                return now;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the simulator never settled (resourceVersion still moving: {now})"
+            );
+            last = now;
+        }
+    }
+}
+
+/// The settled resourceVersions of simulators, taken before a request that
+/// must write nothing, to compare after it.
+pub struct Unchanged<'a> {
+    sims: Vec<(&'a Sim, u64)>,
+}
+
+impl<'a> Unchanged<'a> {
+    pub fn of(sims: &[&'a Sim]) -> Self {
+        Unchanged {
+            sims: sims
+                .iter()
+                .map(|s| (*s, s.settled_resource_version()))
+                .collect(),
+        }
+    }
+
+    /// Asserts no simulator was written since: `what` names the request.
+    pub fn check(&self, what: &str) {
+        for (sim, before) in &self.sims {
+            assert_eq!(
+                sim.settled_resource_version(),
+                *before,
+                "{what}: the simulator at {} was written to",
+                sim.url
+            );
+        }
+    }
 }
 
 /// The ferry binary under test.
@@ -309,12 +365,39 @@ impl Daemon {
 
     /// A raw HTTP/1.1 request over the socket: (status, body).
     pub fn http(&self, method: &str, path: &str) -> (u16, String) {
+        self.http_body(method, path, "")
+    }
+
+    /// A raw HTTP/1.1 request with a JSON body over the socket: (status, body).
+    pub fn http_body(&self, method: &str, path: &str, body: &str) -> (u16, String) {
         let mut s = std::os::unix::net::UnixStream::connect(&self.socket).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        write!(s, "{method} {path} HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        write!(s, "{method} {path} HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).unwrap();
         parse_http(&raw)
+    }
+
+    /// The address of the TLS listener, from the daemon's JSON log
+    /// (`--log-format json`), once it is bound.
+    pub fn tls_addr(&self) -> String {
+        let mut addr = String::new();
+        wait_until("the TLS listener", Duration::from_secs(20), || {
+            for line in self.stderr_text().lines() {
+                let Ok(v) = serde_json::from_str::<Value>(line) else {
+                    continue;
+                };
+                if v["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("over TLS"))
+                {
+                    addr = v["fields"]["addr"].as_str().unwrap().to_owned();
+                    return true;
+                }
+            }
+            false
+        });
+        addr
     }
 }
 
@@ -355,6 +438,18 @@ pub fn parse_http(raw: &[u8]) -> (u16, String) {
         body.to_owned()
     };
     (status, body)
+}
+
+/// A self-signed certificate for localhost and its key, written into the
+/// workspace: (cert path, key path).
+pub fn tls_files(env: &Env) -> (PathBuf, PathBuf) {
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let cert_path = env.root().join("tls.crt");
+    let key_path = env.root().join("tls.key");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    (cert_path, key_path)
 }
 
 /// Runs the CLI with `conn` options then `args`.
