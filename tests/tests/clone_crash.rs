@@ -52,12 +52,74 @@ fn child(
 }
 
 async fn case(point: &str) {
-    run_case(point, false).await
+    run_case(point, App::Plain).await
 }
 
-/// One kill at `point` and a resume; `volumes`: an in-cluster clone of an
-/// app with volumes (snapshots, contents, PVCs) instead of the cross-cluster one.
-async fn run_case(point: &str, volumes: bool) {
+/// What a case clones.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum App {
+    /// The app without volumes, to another cluster.
+    Plain,
+    /// The app with volumes, in-cluster (snapshots, contents, PVCs).
+    Volumes,
+    /// The same, with a pre hook that marks the database frozen in its
+    /// volume and a thaw that removes the mark.
+    Hooked,
+}
+
+/// The pods of `ns` on `c` run (hooks exec into them).
+async fn pods_running(c: &SimCluster, ns: &str, want: usize) {
+    let cl = Clusters::from_paths(&[c.kubeconfig_path().to_owned()]).unwrap();
+    let c = cl.get(c.name()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let running = c
+            .list_kind_in("v1", "Pod", ns)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|p| p.pointer("/status/phase").and_then(Value::as_str) == Some("Running"))
+            .count();
+        if running >= want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{running} of {want} pods run"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The PV directory of a bound claim.
+async fn pv_dir(c: &SimCluster, ns: &str, pvc: &str) -> PathBuf {
+    let cl = Clusters::from_paths(&[c.kubeconfig_path().to_owned()]).unwrap();
+    let c = cl.get(c.name()).await.unwrap();
+    let claim = c
+        .get("v1", "PersistentVolumeClaim", Some(ns), pvc)
+        .await
+        .unwrap()
+        .unwrap();
+    let pv = c
+        .get(
+            "v1",
+            "PersistentVolume",
+            None,
+            claim["spec"]["volumeName"].as_str().unwrap(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    PathBuf::from(
+        pv["metadata"]["annotations"]["sim.ferry.dev/path"]
+            .as_str()
+            .unwrap(),
+    )
+}
+
+/// One kill at `point` and a resume.
+async fn run_case(point: &str, app: App) {
+    let volumes = app != App::Plain;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let src = SimCluster::start(SimOptions {
@@ -74,7 +136,14 @@ async fn run_case(point: &str, volumes: bool) {
     .unwrap();
     let spec = if volumes {
         seed(&src, &[VOLUMES]).await;
-        json!({"name": "db", "sourceContext": "prod", "destinationContext": "prod", "namespaces": [{"source": "db", "destination": "db-copy"}]})
+        let mut spec = json!({"name": "db", "sourceContext": "prod", "destinationContext": "prod", "namespaces": [{"source": "db", "destination": "db-copy"}]});
+        if app == App::Hooked {
+            pods_running(&src, "db", 2).await;
+            spec["hooks"] = json!([{"name": "freeze", "stage": "pre", "podSelector": "app=pg",
+                "command": ["sh", "-c", "echo frozen > /var/lib/postgresql/data/FROZEN"],
+                "thawCommand": ["rm", "-f", "/var/lib/postgresql/data/FROZEN"]}]);
+        }
+        spec
     } else {
         seed(&src, &[APP, CART]).await;
         json!({"name": "shop", "sourceContext": "prod", "destinationContext": "staging", "namespaces": [{"source": "shop", "destination": "shop-copy"}]})
@@ -119,6 +188,26 @@ async fn run_case(point: &str, volumes: bool) {
         .filter(|(_, n)| *n > 1)
         .collect();
     assert!(doubled.is_empty(), "{point}: created twice: {doubled:?}");
+    if app == App::Hooked {
+        assert!(
+            stdout.contains(" Succeeded\n") || stdout.trim_end().ends_with(" Succeeded"),
+            "{point}: the hook ran in a pod, so no warning: {stdout}"
+        );
+        assert!(
+            pv_dir(&src, "db-copy", "data-pg-0")
+                .await
+                .join("FROZEN")
+                .exists(),
+            "{point}: the snapshot was taken while frozen"
+        );
+        assert!(
+            !pv_dir(&src, "db", "data-pg-0")
+                .await
+                .join("FROZEN")
+                .exists(),
+            "{point}: the source was thawed"
+        );
+    }
     if volumes {
         assert_eq!(
             src.create_count("PersistentVolumeClaim", "db-copy", "data-pg-0"),
@@ -171,6 +260,19 @@ async fn killed_around_the_snapshot_and_volume_steps_the_in_cluster_clone_still_
         "step.succeeded.before@5", // a volume made, not yet recorded
         "step.start.after@7",      // apply, with the PVCs in place
     ] {
-        run_case(point, true).await;
+        run_case(point, App::Volumes).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_inside_and_around_a_pre_hook_the_clone_still_thaws_and_becomes_healthy() {
+    // After namespaces, the pre hook is the only step that may start:
+    // every snapshot waits for it.
+    for point in [
+        "step.start.after@3",      // the pre hook started, maybe not run
+        "step.succeeded.before@3", // the pre hook ran, not yet recorded
+        "step.succeeded.after@3",  // the pre hook recorded, snapshots next
+    ] {
+        run_case(point, App::Hooked).await;
     }
 }
