@@ -340,6 +340,19 @@ impl AppState {
         sources
     }
 
+    /// The clone a path names, once `who` may see it: 400 for a bad name,
+    /// 404 for an unknown one, 403 for one outside a member's namespaces.
+    async fn authorized(
+        self: &Arc<Self>,
+        who: &Principal,
+        name: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    ) -> ApiResult<(String, RunSummary)> {
+        let name = name_param(name)?;
+        let summary = self.find(&name)?;
+        self.authorize(who, &summary).await?;
+        Ok((name, summary))
+    }
+
     /// 403 unless `who` may see and act on the run.
     async fn authorize(self: &Arc<Self>, who: &Principal, summary: &RunSummary) -> ApiResult<()> {
         if who.unrestricted() || who.may_access(&self.sources(summary.run).await) {
@@ -459,10 +472,8 @@ async fn get_clone(
     name: Result<Path<String>, axum::extract::rejection::PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
-    let name = name_param(name)?;
     query(raw, &[])?;
-    let summary = state.find(&name)?;
-    state.authorize(&who, &summary).await?;
+    let (_, summary) = state.authorized(&who, name).await?;
     let engine = state.engine.clone();
     let run = summary.run;
     let loaded = blocking(move || engine.load(run)).await?;
@@ -571,11 +582,9 @@ async fn clone_events(
     name: Result<Path<String>, axum::extract::rejection::PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
-    let name = name_param(name)?;
     let q = query(raw, &["follow"])?;
     let follow = bool_param(&q, "follow")?;
-    let summary = state.find(&name)?;
-    state.authorize(&who, &summary).await?;
+    let (name, summary) = state.authorized(&who, name).await?;
     let run = summary.run;
     let content_type = [(header::CONTENT_TYPE, "application/jsonl")];
     if !follow {
@@ -803,10 +812,8 @@ async fn cancel_clone(
     name: Result<Path<String>, axum::extract::rejection::PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
-    let name = name_param(name)?;
     query(raw, &[])?;
-    let summary = state.find(&name)?;
-    state.authorize(&who, &summary).await?;
+    let (name, summary) = state.authorized(&who, name).await?;
     let reason = format!("cancelled by {} through the API", who.name);
     match state.engine.cancel(summary.run, &reason).await {
         Ok(()) => {
@@ -840,10 +847,8 @@ async fn verify_clone(
     name: Result<Path<String>, axum::extract::rejection::PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
-    let name = name_param(name)?;
     query(raw, &[])?;
-    let summary = state.find(&name)?;
-    state.authorize(&who, &summary).await?;
+    let (name, summary) = state.authorized(&who, name).await?;
     let store = state.engine.store().clone();
     let run = summary.run;
     let report = blocking(move || store.verify(run))
@@ -869,10 +874,8 @@ async fn delete_clone(
     name: Result<Path<String>, axum::extract::rejection::PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
-    let name = name_param(name)?;
     query(raw, &[])?;
-    let summary = state.find(&name)?;
-    state.authorize(&who, &summary).await?;
+    let (name, summary) = state.authorized(&who, name).await?;
     if !who.may_delete() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
