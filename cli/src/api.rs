@@ -327,7 +327,7 @@ impl AppState {
         let store = self.engine.store().clone();
         let sources = blocking(move || {
             // RunSubmitted (the spec) and Planned (the admission record) head the log.
-            let head = store.read(run, 0).unwrap_or_default();
+            let head = store.read_between(run, 0, 2).unwrap_or_default();
             admission::recorded_sources(&head)
         })
         .await

@@ -542,12 +542,26 @@ impl Store {
     /// [`Error::Poisoned`] if applying a commit to sled failed (a restart applies
     /// it again from the write-ahead log).
     pub fn read(&self, run: RunId, from_seq: u64) -> Result<Vec<Envelope>> {
+        self.read_between(run, from_seq, u64::MAX)
+    }
+
+    /// The run's durable envelopes with `from_seq <= seq < to_seq`, in seq
+    /// order: [`Store::read`] for a part of the log, such as its head.
+    ///
+    /// # Errors
+    /// As [`Store::read`].
+    pub fn read_between(&self, run: RunId, from_seq: u64, to_seq: u64) -> Result<Vec<Envelope>> {
         let durable = self
             .durable(run)
             .filter(|d| d.next_seq > 0)
             .ok_or(Error::UnknownRun(run))?;
         self.shared().wait_applied(durable.commit)?;
-        read_range(&self.shared().db, run, from_seq, durable.next_seq)
+        read_range(
+            &self.shared().db,
+            run,
+            from_seq,
+            durable.next_seq.min(to_seq),
+        )
     }
 
     fn durable(&self, run: RunId) -> Option<Durable> {

@@ -46,6 +46,11 @@ async fn append_then_read_round_trips_and_chains() -> anyhow::Result<()> {
     assert_eq!(log[4].event, b"b-1");
     assert_eq!(store.read(run, 3)?, log[3..].to_vec());
     assert!(store.read(run, 9)?.is_empty());
+    // A part of the log: its head, a middle, and a range past its end.
+    assert_eq!(store.read_between(run, 0, 2)?, log[..2].to_vec());
+    assert_eq!(store.read_between(run, 1, 3)?, log[1..3].to_vec());
+    assert_eq!(store.read_between(run, 2, 99)?, log[2..].to_vec());
+    assert!(store.read_between(run, 3, 3)?.is_empty());
 
     let s = store.summary(run)?.expect("summary");
     assert_eq!(
