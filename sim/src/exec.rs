@@ -21,6 +21,7 @@ use std::sync::Arc;
 use axum::extract::FromRequestParts;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
+use bytes::{BufMut, Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -275,6 +276,18 @@ pub async fn handle(
     }))
 }
 
+/// Bytes a process's stdin and stdout pipes hold (Linux's default is 64 KiB):
+/// a kubelet streams a container's output in large reads too, and the
+/// simulator shares the machine with what it serves, so fewer, larger
+/// messages leave more of it to them.
+const PIPE_SIZE: usize = 1 << 20;
+
+/// Grows a pipe to [`PIPE_SIZE`], where the system allows it (best effort:
+/// a smaller pipe only means more, smaller messages).
+fn widen_pipe(pipe: &impl std::os::fd::AsFd) {
+    let _ = rustix::pipe::fcntl_setpipe_size(pipe, PIPE_SIZE);
+}
+
 async fn run(
     socket: WebSocket,
     req: Request,
@@ -338,8 +351,15 @@ async fn run(
             return false;
         }
     };
-    // Output chunks from both pipes to the single writer.
-    let (tx, mut rx) = mpsc::channel::<(u8, Vec<u8>)>(16);
+    // Output chunks from both pipes to the single writer, each read straight
+    // into its message (the channel byte, then the data).
+    if let Some(p) = &child.stdout {
+        widen_pipe(p);
+    }
+    if let Some(p) = &child.stdin {
+        widen_pipe(p);
+    }
+    let (tx, mut rx) = mpsc::channel::<Bytes>(16);
     let mut readers = Vec::new();
     for (ch, pipe) in [
         (
@@ -360,12 +380,13 @@ async fn run(
         let Some(mut pipe) = pipe else { continue };
         let tx = tx.clone();
         readers.push(tokio::spawn(async move {
-            let mut buf = vec![0u8; 64 * 1024];
             loop {
-                match pipe.read(&mut buf).await {
+                let mut m = BytesMut::with_capacity(PIPE_SIZE + 1);
+                m.put_u8(ch);
+                match pipe.read_buf(&mut m).await {
                     Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if tx.send((ch, buf[..n].to_vec())).await.is_err() {
+                    Ok(_) => {
+                        if tx.send(m.freeze()).await.is_err() {
                             break;
                         }
                     }
@@ -381,17 +402,14 @@ async fn run(
     loop {
         tokio::select! {
             out = rx.recv() => match out {
-                Some((ch, data)) => {
-                    sent += data.len() as u64;
+                Some(m) => {
+                    sent += m.len() as u64 - 1;
                     if let Some(limit) = drop_after && sent >= limit {
                         // Abrupt cut: no status, no close frame.
                         let _ = child.start_kill();
                         return true;
                     }
-                    let mut m = Vec::with_capacity(data.len() + 1);
-                    m.push(ch);
-                    m.extend_from_slice(&data);
-                    if sink.send(Message::Binary(m.into())).await.is_err() {
+                    if sink.send(Message::Binary(m)).await.is_err() {
                         let _ = child.start_kill();
                         return false;
                     }

@@ -116,9 +116,11 @@ fn field(line: &str, key: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {key} in {line}"))
 }
 
-fn rt() -> tokio::runtime::Runtime {
+/// A two-thread runtime whose threads are named `name` (for profiles).
+fn rt(name: &str) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name(name)
         .enable_all()
         .build()
         .unwrap()
@@ -279,7 +281,7 @@ fn run_size(work: &Path, size: u64) -> (f64, f64, f64, f64) {
     let staging = SimProcess::start("staging", &dir);
     // The tree becomes the source volume: an efs volume (live copy), moved
     // into its directory (same file system: a rename).
-    let rt = rt();
+    let rt = rt("bench-main");
     let vol = rt.block_on(async {
         let c = clusters_from(&[&prod.kubeconfig])
             .get("prod")
@@ -377,12 +379,12 @@ fn main() {
         .collect();
     if args.first().map(String::as_str) == Some("child") {
         match args[1].as_str() {
-            "sim" => rt().block_on(child_sim(
+            "sim" => rt(&format!("sim-{}", args[2])).block_on(child_sim(
                 args[2].clone(),
                 args[3].clone().into(),
                 args[4].clone().into(),
             )),
-            "clone" => rt().block_on(child_clone(
+            "clone" => rt("ferry").block_on(child_clone(
                 args[2].clone().into(),
                 args[3].clone().into(),
                 args[4].clone().into(),

@@ -301,19 +301,35 @@ async fn a_bucket_failing_5_percent_of_requests_still_clones() {
 async fn a_failed_download_is_retried_without_reading_the_source_again() {
     let bucket_dir = tempfile::tempdir().unwrap();
     let base = file_bucket(bucket_dir.path());
-    // Once the upload is stored, chunk reads fail for longer than the
-    // mover's own retries last: every read of the download's first chunks,
-    // each attempt of each.
     let mover = small_chunk_settings(4);
     let outage = mover.download.concurrency as u64 * u64::from(fast_retry().max_attempts);
-    let gate = Arc::new(GateStore::new(base.store().clone(), outage));
-    let bucket = Bucket::from_store(gate, "ferry").with_retry(fast_retry());
+    let gate = Arc::new(GateStore::new(base.store().clone(), 0));
+    let bucket = Bucket::from_store(gate.clone(), "ferry").with_retry(fast_retry());
     let w = World::start(bucket, mover).await;
     let src = seeded(&w, &small_tree(9)).await;
 
+    // A first clone stores the chunks; its download takes them all from the
+    // upload's memory and reads nothing back.
+    let (first, phase) = w.clone(&spec("first", "vol", "vol-first", false)).await;
+    assert_eq!(phase, Phase::Succeeded, "{}", w.steps(first));
+    let out = w.output(first, "vol-first", "files");
+    assert_eq!(
+        (out.chunks_handed, out.bytes_fetched),
+        (out.chunks, 0),
+        "{out:?}"
+    );
+
+    // The second clone's download reads every chunk back from the bucket
+    // (this clone did not write them). Once its upload is stored, chunk
+    // reads fail for longer than the mover's own retries last: every read
+    // of the download's first chunks, each attempt of each.
+    gate.arm(outage);
     let (run, phase) = w.clone(&spec("retried", "vol", "vol-copy", false)).await;
     assert_eq!(phase, Phase::Succeeded, "{}", w.steps(run));
     compare_trees(&src, &w.dst_pv("vol-copy", "files").await).unwrap();
+    let out = w.output(run, "vol-copy", "files");
+    assert_eq!(out.chunks_handed, 0, "{out:?}");
+    assert!(out.bytes_fetched > 0, "{out:?}");
     let step = "volume/vol-copy/files";
     let failures = step_failures(&w, run, step);
     assert!(
@@ -455,7 +471,10 @@ async fn with_a_transfer_limit_of_one_two_volumes_never_transfer_at_once() {
     let base = file_bucket(bucket_dir.path());
     let trace = Arc::new(TraceStore::new(base.store().clone()));
     let bucket = Bucket::from_store(trace.clone(), "ferry").with_retry(fast_retry());
-    let w = World::start(bucket, small_chunk_settings(1)).await;
+    // Every chunk read back, so that the bucket sees each download to its end.
+    let mut settings = small_chunk_settings(1);
+    settings.download.read_back = true;
+    let w = World::start(bucket, settings).await;
     let src = w.source().await;
     apply_yaml(
         &src,

@@ -3,13 +3,12 @@
 
 use std::io::{self, Read};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use fastcdc::v2020;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
-use crate::manifest::ChunkHash;
 
 /// FastCDC's minimum, average and maximum chunk sizes, in bytes.
 ///
@@ -77,8 +76,6 @@ pub(crate) struct RawChunk {
 pub(crate) struct StreamEnd {
     /// Length of the whole stream.
     pub total_len: u64,
-    /// BLAKE3 of the whole stream.
-    pub stream_hash: ChunkHash,
 }
 
 const READ_SIZE: usize = 256 << 10;
@@ -97,25 +94,29 @@ pub(crate) fn run(
         params.max as usize,
     );
     let (mask_s, mask_l) = v2020::select_masks(avg, v2020::Normalization::Level1);
-    let mut buf = BytesMut::with_capacity(max + READ_SIZE);
-    let mut stream_hasher = blake3::Hasher::new();
+    // Room for three maximal chunks: the unchunked rest is moved to the
+    // front only when fewer than READ_SIZE bytes are free at the end, every
+    // few chunks, instead of after each (and the buffer is zeroed once).
+    let cap = (3 * max).max(max + 2 * READ_SIZE);
+    let mut buf = vec![0u8; cap];
+    let (mut start, mut end) = (0usize, 0usize);
     let mut offset = 0u64;
     let mut read_total = 0u64;
     let mut eof = false;
     loop {
-        while !eof && buf.len() < max {
-            let start = buf.len();
-            buf.resize(start + READ_SIZE, 0);
-            match source.read(&mut buf[start..]) {
-                Ok(0) => {
-                    buf.truncate(start);
-                    eof = true;
-                }
+        while !eof && end - start < max {
+            if cap - end < READ_SIZE {
+                buf.copy_within(start..end, 0);
+                end -= start;
+                start = 0;
+            }
+            match source.read(&mut buf[end..]) {
+                Ok(0) => eof = true,
                 Ok(n) => {
-                    buf.truncate(start + n);
+                    end += n;
                     read_total += n as u64;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(start),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(source) => {
                     let _ = tx.blocking_send(Err(Error::SourceRead {
                         offset: read_total,
@@ -125,11 +126,11 @@ pub(crate) fn run(
                 }
             }
         }
-        if buf.is_empty() {
+        if start == end {
             break;
         }
         let (_, n) = v2020::cut(
-            &buf,
+            &buf[start..end],
             min,
             avg,
             max,
@@ -138,19 +139,15 @@ pub(crate) fn run(
             mask_s << 1,
             mask_l << 1,
         );
-        let data = Bytes::copy_from_slice(&buf[..n]);
-        buf.advance(n);
-        stream_hasher.update(&data);
+        let data = Bytes::copy_from_slice(&buf[start..start + n]);
+        start += n;
         let len = data.len() as u64;
         if tx.blocking_send(Ok(RawChunk { data })).is_err() {
             return None;
         }
         offset += len;
     }
-    Some(StreamEnd {
-        total_len: offset,
-        stream_hash: stream_hasher.finalize().into(),
-    })
+    Some(StreamEnd { total_len: offset })
 }
 
 /// Cuts an in-memory buffer with the same rule as the streaming chunker
@@ -201,7 +198,6 @@ mod tests {
         }
         assert_eq!(got, expected);
         assert_eq!(end.total_len, data.len() as u64);
-        assert_eq!(end.stream_hash, ChunkHash::of(&data));
         assert!(params.validate().is_ok());
     }
 }

@@ -5,24 +5,40 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use futures::future::Either;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::bucket::Bucket;
 use crate::error::{Error, Result};
-use crate::manifest::{ChunkHash, ChunkRef, Manifest};
+use crate::manifest::{ChunkHash, ChunkRef, Manifest, StreamHasher};
+
+/// Bytes of chunks an upload may hand over in memory to the download that
+/// follows it ([`ChunkSender`]) and that are not written yet: 16 MiB, about
+/// sixteen chunks of the default size. A full budget makes the upload wait
+/// for the download, so memory stays bounded whatever the volume's size.
+pub const HANDOFF_BUDGET: usize = 16 << 20;
 
 /// How a download runs.
 #[derive(Clone, Debug)]
 pub struct DownloadOptions {
     /// Chunks fetched and decompressed ahead of the writer.
     pub concurrency: usize,
+    /// A following download ([`Download::follow`]) reads every chunk back
+    /// from the bucket and verifies it, even those the upload stored itself
+    /// and could hand over from memory: proof that the bucket's copy
+    /// restores, for a read, a decompression and a hash per chunk. Off by
+    /// default (the bytes handed over are the ones hashed and stored).
+    pub read_back: bool,
 }
 
 impl Default for DownloadOptions {
     fn default() -> Self {
-        DownloadOptions { concurrency: 8 }
+        DownloadOptions {
+            concurrency: 8,
+            read_back: false,
+        }
     }
 }
 
@@ -35,6 +51,11 @@ pub struct DownloadStats {
     pub chunks: u64,
     /// Compressed bytes fetched.
     pub bytes_fetched: u64,
+    /// Chunks written from a followed upload's memory: the upload stored
+    /// them itself, from the very bytes it hashed, so they were not read
+    /// back (the others were fetched and verified).
+    #[serde(default)]
+    pub chunks_handed: u64,
     /// Bucket requests retried after a transient error.
     #[serde(default)]
     pub retries: u64,
@@ -103,43 +124,124 @@ impl Download {
             reason,
         })?;
         let volume: Arc<str> = Arc::from(manifest.volume.as_str());
-        let chunks = futures::stream::iter(manifest.chunks.iter().copied());
-        let (stats, actual) =
-            write_chunks(&bucket, &volume, chunks, &mut sink, &opts, &on_progress).await?;
+        let refs: Vec<Handoff> = manifest
+            .chunks
+            .iter()
+            .map(|&chunk| Handoff { chunk, data: None })
+            .collect();
+        let chunks = futures::stream::iter(refs);
+        let check = StreamCheck::for_manifest(&manifest);
+        let (stats, actual) = write_chunks(
+            &bucket,
+            &volume,
+            chunks,
+            check,
+            &mut sink,
+            &opts,
+            &on_progress,
+        )
+        .await?;
         finish(sink, stats, &volume, manifest.stream_hash, actual).await
     }
 
     /// A download that follows an upload while it runs: it writes each chunk
-    /// as soon as the upload reports it stored (send them, in stream order,
-    /// from [`Upload::on_chunk`](crate::Upload::on_chunk)), so the two
-    /// overlap instead of taking turns. See [`FollowDownload::run`].
-    pub fn follow(
-        bucket: &Bucket,
-        volume: &str,
-        chunks: mpsc::UnboundedReceiver<ChunkRef>,
-    ) -> FollowDownload {
-        FollowDownload {
+    /// as soon as the upload has it in the bucket (give the sender to
+    /// [`Upload::hand_to`](crate::Upload::hand_to)), so the two overlap
+    /// instead of taking turns. See [`FollowDownload::run`].
+    pub fn follow(bucket: &Bucket, volume: &str) -> (ChunkSender, FollowDownload) {
+        let (tx, chunks) = mpsc::unbounded_channel();
+        let budget = Arc::new(Semaphore::new(HANDOFF_BUDGET));
+        let sender = ChunkSender {
+            tx,
+            budget: budget.clone(),
+        };
+        let follow = FollowDownload {
             bucket: bucket.clone(),
             volume: volume.to_string(),
             chunks,
+            budget,
             opts: DownloadOptions::default(),
             on_progress: None,
-        }
+        };
+        (sender, follow)
+    }
+}
+
+/// A chunk on its way from an upload to the download following it.
+struct Handoff {
+    chunk: ChunkRef,
+    /// Its bytes, when the upload stored it itself, with their share of
+    /// [`HANDOFF_BUDGET`].
+    data: Option<(Bytes, OwnedSemaphorePermit)>,
+}
+
+/// The upload's end of a [`FollowDownload`]: chunks go in stream order, each
+/// once it is in the bucket.
+#[derive(Clone, Debug)]
+pub struct ChunkSender {
+    tx: mpsc::UnboundedSender<Handoff>,
+    budget: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Handoff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handoff")
+            .field("chunk", &self.chunk)
+            .field("in_memory", &self.data.is_some())
+            .finish()
+    }
+}
+
+impl ChunkSender {
+    /// Sends the next chunk; `data` is its bytes when this upload stored it
+    /// (the download then writes them without reading the chunk back), and
+    /// `None` when the bucket had it already (the download fetches and
+    /// verifies it: a chunk this clone did not write is never trusted
+    /// unread). Waits while [`HANDOFF_BUDGET`] bytes are handed over and
+    /// not yet written. Returns false when the download has ended.
+    pub async fn send(&self, chunk: &ChunkRef, data: Option<&Bytes>) -> bool {
+        let data = match data {
+            Some(bytes) => {
+                let want = bytes.len().clamp(1, HANDOFF_BUDGET) as u32;
+                match self.budget.clone().acquire_many_owned(want).await {
+                    Ok(permit) => Some((bytes.clone(), permit)),
+                    // The download ended (it closes the budget).
+                    Err(_) => return false,
+                }
+            }
+            None => None,
+        };
+        self.tx
+            .send(Handoff {
+                chunk: *chunk,
+                data,
+            })
+            .is_ok()
     }
 }
 
 /// A download following a running upload; made by [`Download::follow`].
 ///
 /// # Guarantees
-/// Those of [`Download`], but for one: the whole stream's hash is known only
-/// when the upload ends, so `tar -x` has extracted what came before it is
-/// checked. Every chunk is still verified before any of its bytes are
-/// written, and the sink is shut down (a clean end of `tar -x`'s stdin) only
-/// after the stream's hash matched the upload's manifest.
+/// Those of [`Download`], but for two:
+/// - a chunk the followed upload stored itself is written from its memory,
+///   as the bytes it hashed (and compressed into the bucket): reading it
+///   back would cost a decompression, a hash and a bucket read (an S3 `GET`)
+///   to learn nothing. Chunks the bucket already had (an earlier clone's)
+///   are fetched and verified like [`Download`]'s, so a stored chunk that
+///   rotted is still refused by name;
+/// - the whole stream's hash is known only when the upload ends, so
+///   `tar -x` has extracted what came before it is checked. The sink is
+///   shut down (a clean end of `tar -x`'s stdin) only after the stream's
+///   hash matched the upload's manifest.
+///
+/// Memory: at most [`HANDOFF_BUDGET`] bytes handed over and not yet
+/// written, plus `concurrency` fetched chunks.
 pub struct FollowDownload {
     bucket: Bucket,
     volume: String,
-    chunks: mpsc::UnboundedReceiver<ChunkRef>,
+    chunks: mpsc::UnboundedReceiver<Handoff>,
+    budget: Arc<Semaphore>,
     opts: DownloadOptions,
     on_progress: Option<DownloadProgressFn>,
 }
@@ -175,13 +277,24 @@ impl FollowDownload {
             bucket,
             volume,
             mut chunks,
+            budget,
             opts,
             on_progress,
         } = self;
+        // However this ends, the upload stops waiting for budget.
+        let _close = CloseOnDrop(budget);
         let volume: Arc<str> = Arc::from(volume.as_str());
-        let refs = futures::stream::poll_fn(move |cx| chunks.poll_recv(cx));
-        let (stats, actual) =
-            write_chunks(&bucket, &volume, refs, &mut sink, &opts, &on_progress).await?;
+        let handed = futures::stream::poll_fn(move |cx| chunks.poll_recv(cx));
+        let (stats, actual) = write_chunks(
+            &bucket,
+            &volume,
+            handed,
+            StreamCheck::Chunks(StreamHasher::new()),
+            &mut sink,
+            &opts,
+            &on_progress,
+        )
+        .await?;
         let Some(expected) = stream_hash.await else {
             return Err(Error::UploadIncomplete {
                 volume: volume.to_string(),
@@ -191,56 +304,122 @@ impl FollowDownload {
     }
 }
 
-/// Fetches, verifies and writes `chunks` in order into `sink`: the counters
-/// and the BLAKE3 of what was written.
+/// Closes a [`ChunkSender`]'s budget when the download ends.
+struct CloseOnDrop(Arc<Semaphore>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// How a download checks the stream it wrote against its manifest.
+enum StreamCheck {
+    /// Version 2: the chunks' lengths and hashes ([`StreamHasher`]); the
+    /// hashes are those each chunk was verified against.
+    Chunks(StreamHasher),
+    /// Version 1: BLAKE3 over every byte written.
+    Bytes(blake3::Hasher),
+}
+
+impl StreamCheck {
+    fn for_manifest(m: &Manifest) -> Self {
+        if m.version == 1 {
+            StreamCheck::Bytes(blake3::Hasher::new())
+        } else {
+            StreamCheck::Chunks(StreamHasher::new())
+        }
+    }
+}
+
+/// Writes `chunks` in order into `sink`, fetching and verifying those not
+/// handed over in memory: the counters and the stream's hash by `check`.
 async fn write_chunks<W, S>(
     bucket: &Bucket,
     volume: &Arc<str>,
     chunks: S,
+    mut check: StreamCheck,
     sink: &mut W,
     opts: &DownloadOptions,
     on_progress: &Option<DownloadProgressFn>,
 ) -> Result<(DownloadStats, ChunkHash)>
 where
     W: AsyncWrite + Unpin,
-    S: futures::Stream<Item = ChunkRef>,
+    S: futures::Stream<Item = Handoff>,
 {
     let bucket = bucket.counting_retries();
     let mut fetched = std::pin::pin!(
         chunks
-            .map(|c| {
-                let bucket = bucket.clone();
-                let volume = volume.clone();
-                crate::task::spawn(async move { fetch_chunk(&bucket, &volume, c).await })
+            .map(|Handoff { chunk, data }| match data {
+                Some((bytes, permit)) if !opts.read_back => {
+                    Either::Left(futures::future::ready(Ok((
+                        chunk,
+                        bytes,
+                        None,
+                        Some(permit),
+                    ))))
+                }
+                _ => {
+                    let bucket = bucket.clone();
+                    let volume = volume.clone();
+                    Either::Right(crate::task::spawn(async move {
+                        let (bytes, stored_len) = fetch_chunk(&bucket, &volume, chunk).await?;
+                        Ok((chunk, bytes, Some(stored_len), None))
+                    }))
+                }
             })
             .buffered(opts.concurrency.max(1))
     );
     let mut stats = DownloadStats::default();
-    let mut hasher = blake3::Hasher::new();
     while let Some(item) = fetched.next().await {
-        let (data, stored_len) = item?;
-        // Hash the stream on a blocking thread while the chunk is written.
-        let to_hash = data.clone();
-        let hashing = crate::task::cpu(move || {
-            hasher.update(&to_hash);
-            hasher
-        });
-        let written = sink.write_all(&data).await;
-        hasher = hashing.await?;
+        let (chunk, data, stored_len, permit) = item?;
+        if data.len() as u64 != chunk.len {
+            return Err(Error::Internal(format!(
+                "chunk {} of volume {volume} handed over with {} bytes, its reference says {}",
+                chunk.hash,
+                data.len(),
+                chunk.len
+            )));
+        }
+        let written = match &mut check {
+            StreamCheck::Chunks(h) => {
+                h.push(&chunk);
+                sink.write_all(&data).await
+            }
+            StreamCheck::Bytes(h) => {
+                // Hash on a CPU thread while the chunk is written.
+                let (mut hasher, to_hash) = (h.clone(), data.clone());
+                let hashing = crate::task::cpu(move || {
+                    hasher.update(&to_hash);
+                    hasher
+                });
+                let written = sink.write_all(&data).await;
+                *h = hashing.await?;
+                written
+            }
+        };
         written.map_err(|source| Error::SinkWrite {
             offset: stats.bytes_written,
             source,
         })?;
+        drop(permit);
         stats.bytes_written += data.len() as u64;
         stats.chunks += 1;
-        stats.bytes_fetched += stored_len;
+        match stored_len {
+            Some(n) => stats.bytes_fetched += n,
+            None => stats.chunks_handed += 1,
+        }
         stats.retries = bucket.retries();
         if let Some(f) = on_progress {
             f(&stats);
         }
     }
     stats.retries = bucket.retries();
-    Ok((stats, hasher.finalize().into()))
+    let actual = match check {
+        StreamCheck::Chunks(h) => h.finish(),
+        StreamCheck::Bytes(h) => h.finalize().into(),
+    };
+    Ok((stats, actual))
 }
 
 /// Checks the stream's hash, then flushes and shuts the sink down.

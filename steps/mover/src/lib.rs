@@ -14,7 +14,8 @@
 //!   and decompresses them, writes them in order into an
 //!   [`AsyncWrite`](tokio::io::AsyncWrite) (the stdin of `tar -x`) and shuts
 //!   it down; [`Download::follow`] does the same while an upload runs, chunk
-//!   by chunk as the upload stores them ([`Upload::on_chunk`]);
+//!   by chunk as the upload stores them ([`Upload::hand_to`]), taking the
+//!   chunks the upload stored itself from its memory;
 //! - [`gc()`] and [`delete_manifests`]: remove what no manifest needs, safely
 //!   against running uploads (the rule is in [`gc`](mod@gc)'s module docs).
 //!
@@ -27,19 +28,20 @@
 //!                                          BLAKE3 of its uncompressed bytes;
 //!                                          hh = the first two hex digits
 //! <prefix>/manifests/<run>/<volume>.json   Manifest: chunks in stream order,
-//!                                          lengths, the stream's BLAKE3
+//!                                          lengths, the stream's hash
 //! <prefix>/leases/<run>/<volume>.<id>.json lease of a running upload (gc stands down)
 //! <prefix>/gc.lock                         held while a garbage collection runs
 //! ```
 //!
 //! # Pipeline
 //! Upload: a blocking thread reads the stream (through
-//! [`SyncIoBridge`](tokio_util::io::SyncIoBridge)), cuts chunks and hashes the
-//! whole stream; chunks go through a bounded channel to `concurrency` chunk
-//! tasks (BLAKE3 and zstd on a fixed pool of CPU threads, `head`,
-//! create-if-absent `put`), whose results are taken in stream order. Download is the mirror
-//! image. Memory is bounded by the channel and the tasks in flight, never by
-//! the stream's length.
+//! [`SyncIoBridge`](tokio_util::io::SyncIoBridge)) and cuts chunks; chunks
+//! go through a bounded channel to `concurrency` chunk tasks (BLAKE3 and
+//! zstd on a fixed pool of CPU threads, `head`, create-if-absent `put`),
+//! whose results are taken in stream order; the stream's hash is made from
+//! the chunks' ([`StreamHasher`]). Download is the mirror image. Memory is
+//! bounded by the channel, the tasks in flight and the hand-over budget
+//! ([`HANDOFF_BUDGET`]), never by the stream's length.
 
 pub mod bucket;
 pub mod chunker;
@@ -52,11 +54,12 @@ pub mod upload;
 
 pub use bucket::{Bucket, BucketOptions, RetryPolicy};
 pub use chunker::ChunkerParams;
-pub use download::{Download, DownloadOptions, DownloadStats, FollowDownload, download};
+pub use download::{
+    ChunkSender, Download, DownloadOptions, DownloadStats, FollowDownload, HANDOFF_BUDGET, download,
+};
 pub use error::{Error, Result};
 pub use gc::{GcOptions, GcReport, LeaseInfo, delete_manifests, gc};
-pub use manifest::{ChunkHash, ChunkRef, MANIFEST_VERSION, Manifest};
+pub use manifest::{ChunkHash, ChunkRef, MANIFEST_VERSION, Manifest, StreamHasher};
 pub use upload::{
-    CheckpointFn, ChunkFn, ProgressFn, Upload, UploadCheckpoint, UploadOptions, UploadOutcome,
-    UploadStats,
+    CheckpointFn, ProgressFn, Upload, UploadCheckpoint, UploadOptions, UploadOutcome, UploadStats,
 };

@@ -6,8 +6,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::chunker::ChunkerParams;
 
-/// The manifest format this binary writes; it reads this one only.
-pub const MANIFEST_VERSION: u32 = 1;
+/// The manifest format this binary writes. It reads this one and version 1,
+/// whose `stream_hash` is the BLAKE3 of the stream's bytes themselves.
+pub const MANIFEST_VERSION: u32 = 2;
+
+/// The context string of [`StreamHasher`]'s BLAKE3 key derivation.
+const STREAM_HASH_CONTEXT: &str = "ferry 2026-11 manifest v2 stream hash";
 
 /// A BLAKE3 hash: of a chunk's uncompressed bytes (its name in the bucket), or
 /// of a whole stream. Shown and serialized as 64 lowercase hex digits.
@@ -93,7 +97,9 @@ pub struct Manifest {
     pub chunks: Vec<ChunkRef>,
     /// Length of the whole stream.
     pub total_len: u64,
-    /// BLAKE3 of the whole stream.
+    /// The whole stream's hash: in version 2, the hash of its chunks'
+    /// lengths and hashes in order ([`StreamHasher`]); in version 1, the
+    /// BLAKE3 of its bytes.
     pub stream_hash: ChunkHash,
     /// When the upload finished, Unix milliseconds (uploader's clock).
     pub created_at_ms: u64,
@@ -108,9 +114,9 @@ impl Manifest {
     /// Checks the internal consistency a reader relies on: the version, and
     /// that the chunk lengths add up to `total_len`.
     pub fn check(&self) -> Result<(), String> {
-        if self.version != MANIFEST_VERSION {
+        if !(1..=MANIFEST_VERSION).contains(&self.version) {
             return Err(format!(
-                "manifest version {} (this binary reads {MANIFEST_VERSION})",
+                "manifest version {} (this binary reads 1 to {MANIFEST_VERSION})",
                 self.version
             ));
         }
@@ -125,5 +131,79 @@ impl Manifest {
             ));
         }
         Ok(())
+    }
+}
+
+/// The stream hash of a version 2 manifest: BLAKE3, in key derivation mode,
+/// over each chunk's length (8 bytes, little-endian) and hash, in stream
+/// order. A hash tree over the stream: it binds every byte (each chunk's
+/// hash binds its bytes, and the list binds their order) without a second
+/// pass over the data, where version 1 hashed the whole stream again on both
+/// sides (two of a clone's four BLAKE3 passes over the data).
+#[derive(Clone)]
+pub struct StreamHasher(blake3::Hasher);
+
+impl StreamHasher {
+    /// An empty stream's hasher.
+    pub fn new() -> Self {
+        StreamHasher(blake3::Hasher::new_derive_key(STREAM_HASH_CONTEXT))
+    }
+
+    /// Adds the next chunk.
+    pub fn push(&mut self, chunk: &ChunkRef) {
+        self.0.update(&chunk.len.to_le_bytes());
+        self.0.update(&chunk.hash.0);
+    }
+
+    /// The hash of the chunks pushed so far.
+    pub fn finish(&self) -> ChunkHash {
+        self.0.finalize().into()
+    }
+
+    /// The stream hash of `chunks`.
+    pub fn of(chunks: &[ChunkRef]) -> ChunkHash {
+        let mut h = StreamHasher::new();
+        chunks.iter().for_each(|c| h.push(c));
+        h.finish()
+    }
+}
+
+impl Default for StreamHasher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(byte: u8, len: u64) -> ChunkRef {
+        ChunkRef {
+            hash: ChunkHash([byte; 32]),
+            len,
+            stored_len: len / 2,
+        }
+    }
+
+    #[test]
+    fn the_stream_hash_binds_chunks_lengths_and_order_but_not_stored_sizes() {
+        let (a, b) = (chunk(1, 10), chunk(2, 20));
+        let base = StreamHasher::of(&[a, b]);
+        assert_eq!(base, StreamHasher::of(&[a, b]));
+        assert_ne!(base, StreamHasher::of(&[b, a]), "order");
+        assert_ne!(base, StreamHasher::of(&[a]), "a chunk dropped");
+        assert_ne!(base, StreamHasher::of(&[a, chunk(2, 21)]), "a length");
+        assert_ne!(base, StreamHasher::of(&[a, chunk(3, 20)]), "a chunk");
+        let restored = ChunkRef { stored_len: 7, ..b };
+        assert_eq!(base, StreamHasher::of(&[a, restored]));
+        // Not the plain BLAKE3 of the same bytes: a version 1 hash of some
+        // stream cannot pass for a version 2 one.
+        let mut plain = blake3::Hasher::new();
+        for c in [a, b] {
+            plain.update(&c.len.to_le_bytes());
+            plain.update(&c.hash.0);
+        }
+        assert_ne!(base, ChunkHash::from(plain.finalize()));
     }
 }

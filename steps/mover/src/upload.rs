@@ -14,9 +14,10 @@ use tokio_util::io::SyncIoBridge;
 
 use crate::bucket::{Bucket, check_name};
 use crate::chunker::{self, ChunkerParams, RawChunk};
+use crate::download::ChunkSender;
 use crate::error::{Error, Result};
 use crate::gc::{Lease, now_ms};
-use crate::manifest::{ChunkHash, ChunkRef, MANIFEST_VERSION, Manifest};
+use crate::manifest::{ChunkHash, ChunkRef, MANIFEST_VERSION, Manifest, StreamHasher};
 
 /// The checkpoint format this binary writes.
 pub const CHECKPOINT_VERSION: u32 = 1;
@@ -122,9 +123,6 @@ pub type ProgressFn = Arc<dyn Fn(&UploadStats) + Send + Sync>;
 /// Checkpoint callback: called at most once per checkpoint interval and once
 /// at the end; the caller makes it durable (it must not block for long).
 pub type CheckpointFn = Arc<dyn Fn(&UploadCheckpoint) + Send + Sync>;
-/// Chunk callback: called with each chunk in stream order once it is in the
-/// bucket (stored or found there), before the manifest is written.
-pub type ChunkFn = Arc<dyn Fn(&ChunkRef) + Send + Sync>;
 
 /// An upload of one volume's stream. Build it, then [`Upload::run`] it.
 ///
@@ -148,7 +146,7 @@ pub struct Upload {
     resume: Option<UploadCheckpoint>,
     on_progress: Option<ProgressFn>,
     on_checkpoint: Option<CheckpointFn>,
-    on_chunk: Option<ChunkFn>,
+    hand_to: Option<ChunkSender>,
 }
 
 struct Ctx {
@@ -160,7 +158,8 @@ struct Ctx {
 
 struct Stored {
     chunk: ChunkRef,
-    uploaded: bool,
+    /// The chunk's bytes when this upload stored it (it was not there).
+    uploaded: Option<Bytes>,
 }
 
 impl Upload {
@@ -174,7 +173,7 @@ impl Upload {
             resume: None,
             on_progress: None,
             on_checkpoint: None,
-            on_chunk: None,
+            hand_to: None,
         }
     }
 
@@ -204,11 +203,14 @@ impl Upload {
         self
     }
 
-    /// Sets the chunk callback: each chunk, in stream order, once it is in
-    /// the bucket; a [`FollowDownload`](crate::FollowDownload) can write it
-    /// out while the upload goes on.
-    pub fn on_chunk(mut self, f: impl Fn(&ChunkRef) + Send + Sync + 'static) -> Self {
-        self.on_chunk = Some(Arc::new(f));
+    /// Hands each chunk, in stream order and once it is in the bucket, to a
+    /// [`FollowDownload`](crate::FollowDownload) (made by
+    /// [`Download::follow`](crate::Download::follow)), which writes it out
+    /// while the upload goes on: with its bytes when this upload stored it,
+    /// else by reference. The upload waits while the download's hand-over
+    /// budget is full, and goes on alone if the download ends first.
+    pub fn hand_to(mut self, sender: ChunkSender) -> Self {
+        self.hand_to = Some(sender);
         self
     }
 
@@ -232,7 +234,7 @@ impl Upload {
             resume,
             on_progress,
             on_checkpoint,
-            on_chunk,
+            mut hand_to,
         } = self;
         let bucket = bucket.counting_retries();
         check_name("run", &run)?;
@@ -290,6 +292,7 @@ impl Upload {
             .buffered(concurrency);
 
         let mut chunks: Vec<ChunkRef> = Vec::new();
+        let mut stream_hash = StreamHasher::new();
         let mut stats = UploadStats::default();
         let mut last_checkpoint = Instant::now();
         let checkpoint = |stats: &mut UploadStats| {
@@ -309,16 +312,20 @@ impl Upload {
             let s = item?;
             stats.bytes_read += s.chunk.len;
             stats.chunks += 1;
-            if s.uploaded {
+            if s.uploaded.is_some() {
                 stats.chunks_uploaded += 1;
                 stats.bytes_uploaded += s.chunk.stored_len;
                 stats.raw_bytes_uploaded += s.chunk.len;
             } else {
                 stats.chunks_skipped += 1;
             }
-            if let Some(f) = &on_chunk {
-                f(&s.chunk);
+            if let Some(to) = &hand_to
+                && !to.send(&s.chunk, s.uploaded.as_ref()).await
+            {
+                // The download ended (it failed): the upload goes on alone.
+                hand_to = None;
             }
+            stream_hash.push(&s.chunk);
             chunks.push(s.chunk);
             if let Some(f) = &on_progress {
                 f(&stats);
@@ -329,6 +336,8 @@ impl Upload {
             }
         }
         drop(stored);
+        // The download learns the stream is whole from the manifest's hash.
+        drop(hand_to);
         let end = chunker.await.map_err(Error::Task)?.ok_or_else(|| {
             // The chunker reports its own errors through the channel; getting
             // here means the channel closed early without one.
@@ -347,7 +356,7 @@ impl Upload {
             compression: "zstd".into(),
             chunks,
             total_len: end.total_len,
-            stream_hash: end.stream_hash,
+            stream_hash: stream_hash.finish(),
             created_at_ms: now_ms(),
         };
         lease.check()?;
@@ -384,7 +393,7 @@ async fn store_chunk(ctx: &Ctx, raw: RawChunk) -> Result<Stored> {
                 len,
                 stored_len,
             },
-            uploaded: false,
+            uploaded: None,
         });
     }
     let path = ctx.bucket.chunk_path(&hash);
@@ -397,11 +406,11 @@ async fn store_chunk(ctx: &Ctx, raw: RawChunk) -> Result<Stored> {
                 len,
                 stored_len: meta.size,
             },
-            uploaded: false,
+            uploaded: None,
         });
     }
     let level = ctx.zstd_level;
-    let compressed = crate::task::cpu(move || compress(&data, level)).await?;
+    let (compressed, data) = crate::task::cpu(move || (compress(&data, level), data)).await?;
     let stored_len = compressed.len() as u64;
     let created = ctx.bucket.put_create(&path, compressed).await?;
     Ok(Stored {
@@ -410,7 +419,7 @@ async fn store_chunk(ctx: &Ctx, raw: RawChunk) -> Result<Stored> {
             len,
             stored_len,
         },
-        uploaded: created,
+        uploaded: created.then_some(data),
     })
 }
 

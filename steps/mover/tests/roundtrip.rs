@@ -400,3 +400,118 @@ fn bucket_urls() {
     .unwrap();
     assert_eq!(b.prefix().to_string(), "some/path/install-7");
 }
+
+/// `tar -c src | upload` with a download following it into `tar -x dst`.
+async fn follow_tree(
+    bucket: &Bucket,
+    run: &str,
+    src: &std::path::Path,
+    dst: &std::path::Path,
+) -> anyhow::Result<(ferry_mover::UploadOutcome, ferry_mover::DownloadStats)> {
+    let mut create = tar_create(src)?;
+    let stdout = create.stdout.take().expect("tar stdout");
+    let mut extract = tar_extract(dst)?;
+    let stdin = extract.stdin.take().expect("tar stdin");
+    let (sender, follow) = Download::follow(bucket, "data");
+    let (hash_tx, hash_rx) = tokio::sync::oneshot::channel();
+    let upload = async {
+        let out = Upload::new(bucket, run, "data")
+            .hand_to(sender)
+            .run(stdout)
+            .await;
+        if let Ok(o) = &out {
+            let _ = hash_tx.send(o.manifest.stream_hash);
+        }
+        out
+    };
+    let download = follow.run(stdin, async { hash_rx.await.ok() });
+    let (up, down) = tokio::join!(upload, download);
+    let (up, down) = (up?, down?);
+    anyhow::ensure!(create.wait().await?.success(), "tar -c failed");
+    anyhow::ensure!(extract.wait().await?.success(), "tar -x failed");
+    Ok((up, down))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_following_download_takes_what_the_upload_stored_from_memory_and_verifies_the_rest()
+-> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let src = tmp.path().join("src");
+    make_tree(&src, &TreeSpec::default())?;
+    let bucket = file_bucket(&tmp.path().join("bucket"))?;
+
+    // First: every chunk is new, so every chunk is handed over in memory and
+    // nothing is read back.
+    let dst = tmp.path().join("dst-1");
+    let (up, down) = follow_tree(&bucket, "run-1", &src, &dst).await?;
+    compare_trees(&src, &dst)?;
+    assert_eq!(up.stats.chunks_uploaded, up.stats.chunks, "{:?}", up.stats);
+    assert_eq!(down.chunks, up.stats.chunks, "{down:?}");
+    assert_eq!((down.chunks_handed, down.bytes_fetched), (down.chunks, 0));
+    assert_eq!(down.bytes_written, up.manifest.total_len);
+
+    // Second, the same data: the bucket had every chunk, so every chunk is
+    // fetched and verified (a rotten one would be refused by name).
+    let dst = tmp.path().join("dst-2");
+    let (up2, down) = follow_tree(&bucket, "run-2", &src, &dst).await?;
+    compare_trees(&src, &dst)?;
+    assert_eq!(up2.stats.chunks_uploaded, 0, "{:?}", up2.stats);
+    assert_eq!(down.chunks_handed, 0, "{down:?}");
+    assert_eq!(down.bytes_fetched, up2.manifest.stored_len());
+    // Equal streams cut alike have equal stream hashes.
+    assert_eq!(up2.manifest.stream_hash, up.manifest.stream_hash);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifests_are_checked_against_their_stream_hash_in_both_versions() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let bucket = file_bucket(&tmp.path().join("bucket"))?;
+    let v2 = small_upload(&bucket, "pgdata", 1 << 20).await?;
+    assert_eq!(v2.version, ferry_mover::MANIFEST_VERSION);
+    assert_eq!(v2.stream_hash, ferry_mover::StreamHasher::of(&v2.chunks));
+    let mut stream = Vec::new();
+    Download::new(&bucket, &v2).run(&mut stream).await?;
+    assert_eq!(stream.len() as u64, v2.total_len);
+
+    // A version 1 manifest (an older binary's): its stream hash is the
+    // BLAKE3 of the bytes, and it still downloads.
+    let v1 = Manifest {
+        version: 1,
+        stream_hash: ferry_mover::ChunkHash::of(&stream),
+        ..v2.clone()
+    };
+    let mut again = Vec::new();
+    Download::new(&bucket, &v1).run(&mut again).await?;
+    assert_eq!(again, stream);
+
+    // A stream hash that does not match is refused, in either version.
+    for m in [&v1, &v2] {
+        let bad = Manifest {
+            stream_hash: ferry_mover::ChunkHash([9; 32]),
+            ..m.clone()
+        };
+        let err = Download::new(&bucket, &bad)
+            .run(Vec::new())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::StreamMismatch { volume, .. } if volume == "pgdata"),
+            "version {}: {err}",
+            m.version
+        );
+    }
+    // An unknown version is refused before anything is written.
+    let future = Manifest {
+        version: ferry_mover::MANIFEST_VERSION + 1,
+        ..v2
+    };
+    let mut sink = Vec::new();
+    let err = Download::new(&bucket, &future)
+        .run(&mut sink)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("version"), "{err}");
+    assert!(sink.is_empty());
+    Ok(())
+}

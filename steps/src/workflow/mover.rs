@@ -3,10 +3,12 @@
 //! snapshot). `tar -c` runs in a mover pod on the source, over the exec API;
 //! its stream goes into the chunk store (FastCDC, BLAKE3, zstd, skipping
 //! chunks the bucket has). On the destination a mover pod on the new PVC
-//! receives the chunks, verified, into `tar -x`: the download follows the
-//! upload chunk by chunk as the bucket has them, so the two overlap; when
-//! an earlier attempt stored the whole stream, its manifest is downloaded
-//! without reading the source again.
+//! receives the chunks into `tar -x`: the download follows the upload chunk
+//! by chunk as the bucket has them, so the two overlap. Chunks the upload
+//! stored itself are handed over from its memory (the bytes it hashed);
+//! chunks the bucket already had are fetched and verified. When an earlier
+//! attempt stored the whole stream, its manifest is downloaded, every chunk
+//! verified, without reading the source again.
 //!
 //! Exec streams: `tar -c`'s stdout through kube with a 1 MiB buffer
 //! ([`EXEC_BUFFER`]) and an exit-status check at its end
@@ -147,6 +149,14 @@ pub struct MoverOutput {
     /// download of the last attempt).
     #[serde(default)]
     pub bucket_retries: u64,
+    /// Compressed bytes the download read back from the bucket (last
+    /// attempt): the chunks the bucket already had. Chunks the upload stored
+    /// itself are handed to the download in memory, not read back.
+    #[serde(default)]
+    pub bytes_fetched: u64,
+    /// Chunks the download took from the upload's memory (last attempt).
+    #[serde(default)]
+    pub chunks_handed: u64,
 }
 
 /// Where a transfer stands, in its checkpoints.
@@ -751,6 +761,8 @@ impl Step for MoverVolumeStep {
             bytes_uploaded: up_stats.bytes_uploaded,
             expected_bytes,
             bucket_retries: up_stats.retries + downloaded.retries,
+            bytes_fetched: downloaded.bytes_fetched,
+            chunks_handed: downloaded.chunks_handed,
         })
     }
 
@@ -1029,7 +1041,7 @@ impl MoverVolumeStep {
         // rate; they go into the run's log, and a resumed attempt hands the
         // last one back (it re-reads the source, skipping stored chunks).
         let (report_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
-        let (chunk_tx, chunk_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (chunk_tx, follow) = ferry_mover::Download::follow(bucket, &volume);
         let (hash_tx, hash_rx) = tokio::sync::oneshot::channel();
         let mut upload = ferry_mover::Upload::new(bucket, &run, &volume)
             .options(UploadOptions {
@@ -1042,9 +1054,7 @@ impl MoverVolumeStep {
                     let _ = tx.send(Report::Upload(cp.clone()));
                 }
             })
-            .on_chunk(move |c| {
-                let _ = chunk_tx.send(*c);
-            });
+            .hand_to(chunk_tx);
         if let Some(cp) = resumed {
             upload = upload.resume_from(cp.upload);
         }
@@ -1072,7 +1082,7 @@ impl MoverVolumeStep {
         let downloading = {
             let tx = report_tx;
             async {
-                let d = ferry_mover::Download::follow(bucket, &volume, chunk_rx)
+                let d = follow
                     .options(self.env.mover.download.clone())
                     .on_progress(move |s| {
                         let _ = tx.send(Report::Downloaded(s.bytes_written));

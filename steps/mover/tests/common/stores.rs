@@ -511,7 +511,8 @@ impl ObjectStore for TraceStore {
 
 /// Holds every chunk read until a manifest was written, then fails the next
 /// `fail` chunk reads: an outage that begins once an upload is complete, for
-/// a download that follows the upload to meet after it.
+/// a download that follows the upload (and reads back chunks the bucket had
+/// before it) to meet after it. [`GateStore::arm`] starts it over.
 #[derive(Debug)]
 pub struct GateStore {
     pub inner: Arc<dyn ObjectStore>,
@@ -526,6 +527,13 @@ impl GateStore {
             fail: AtomicU64::new(fail),
             opened: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Closes the gate again until the next manifest, and fails the `fail`
+    /// chunk reads after it.
+    pub fn arm(&self, fail: u64) {
+        self.opened.send_replace(false);
+        self.fail.store(fail, Ordering::SeqCst);
     }
 }
 
