@@ -10,11 +10,13 @@
 //! attempt stored the whole stream, its manifest is downloaded, every chunk
 //! verified, without reading the source again.
 //!
-//! Exec streams: `tar -c`'s stdout through kube with a 1 MiB buffer
-//! ([`EXEC_BUFFER`]) and an exit-status check at its end
-//! ([`ExitChecked`]); `tar -x`'s stdin through kube's WebSocket connection
-//! but framed here ([`exec_with_stdin`]), because kube's own framing is
-//! 4 KiB messages.
+//! Exec streams go over kube's WebSocket connection (kubeconfig
+//! credentials, TLS, the v5/v4 handshake) but are framed and read here:
+//! `tar -c`'s stdout message by message ([`exec_with_stdout`]; kube's
+//! `AttachedProcess` copies it through an in-memory pipe, with a 1 KiB
+//! default that ran at 45 MB/s) with an exit-status check at its end
+//! ([`ExitChecked`]), and `tar -x`'s stdin in 64 KiB messages
+//! ([`exec_with_stdin`]; kube's are 4 KiB).
 //!
 //! Transfers are bounded daemon-wide: each step holds a permit of
 //! [`MoverSettings::transfers`] from its `tar -c` to the end of its
@@ -50,13 +52,6 @@ use crate::transform::{TransformContext, transform_object};
 
 /// Where mover pods mount the volume.
 const MOUNT: &str = "/data";
-
-/// Bytes kube may buffer between the exec WebSocket and `tar -c`'s reader.
-/// kube's default (1 KiB) splits every 64 KiB message the API server sends
-/// into 64 wake-ups of the reading task: measured against the simulator,
-/// 512 MiB of stdout came at 45 MB/s for 13 s of CPU; with 1 MiB, at
-/// 900 MB/s for 0.8 s.
-const EXEC_BUFFER: usize = 1 << 20;
 
 /// Transfers that run at once in a daemon unless its config says otherwise.
 pub const DEFAULT_TRANSFER_LIMIT: usize = 4;
@@ -565,12 +560,45 @@ async fn exec_with_stdin(
     pod: &str,
     command: &[&str],
 ) -> Result<(WsStdin, ExecEnd), StepError> {
+    let (stdin, _, end) = exec_ws(cluster, ns, pod, command, true).await?;
+    let stdin = stdin.ok_or_else(|| StepError::retryable("exec gave no stdin"))?;
+    Ok((stdin, end))
+}
+
+/// Runs `command` in the mover container of `pod` and reads its stdout as
+/// the WebSocket messages come (stderr and the status read on the side),
+/// over kube's connection: kube's own `AttachedProcess` copies stdout
+/// through an in-memory pipe first, a copy and a wake-up per read that
+/// measured 10% of the clone's CPU.
+async fn exec_with_stdout(
+    cluster: &Cluster,
+    ns: &str,
+    pod: &str,
+    command: &[&str],
+) -> Result<(WsStdout, ExecEnd), StepError> {
+    let (_, stdout, end) = exec_ws(cluster, ns, pod, command, false).await?;
+    let stdout = stdout.ok_or_else(|| StepError::retryable("exec gave no stdout"))?;
+    Ok((stdout, end))
+}
+
+/// Messages of stdout read ahead of their reader.
+const STDOUT_AHEAD: usize = 8;
+
+/// The exec connection behind [`exec_with_stdin`] (`stdin`) and
+/// [`exec_with_stdout`] (not `stdin`): one of stdin or stdout, with stderr.
+async fn exec_ws(
+    cluster: &Cluster,
+    ns: &str,
+    pod: &str,
+    command: &[&str],
+    stdin: bool,
+) -> Result<(Option<WsStdin>, Option<WsStdout>, ExecEnd), StepError> {
     use futures::StreamExt;
     let what = || format!("exec {} in {ns}/{pod}", command.first().unwrap_or(&""));
     let ap = AttachParams::default()
         .container("mover")
-        .stdin(true)
-        .stdout(false)
+        .stdin(stdin)
+        .stdout(!stdin)
         .stderr(true);
     let request = kube::core::Request::new(format!("/api/v1/namespaces/{ns}/pods"))
         .exec(pod, command.iter().copied(), &ap)
@@ -584,10 +612,14 @@ async fn exec_with_stdin(
     let (sink, mut stream) = connection.into_stream().split();
     let stderr = Tail::default();
     let keep = stderr.clone();
+    let (out_tx, out_rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(STDOUT_AHEAD);
     let reader = tokio::spawn(async move {
         while let Some(m) = stream.next().await {
             match m {
                 Ok(WsMessage::Binary(b)) if b.len() > 1 => match b[0] {
+                    // Stdout, to its reader; a reader that went away wants
+                    // no more.
+                    1 if out_tx.send(b.slice(1..)).await.is_err() => return None,
                     2 => keep.push(&b[1..]),
                     // kube's rule too: the status is the last message read.
                     3 => return serde_json::from_slice::<Status>(&b[1..]).ok(),
@@ -599,14 +631,51 @@ async fn exec_with_stdin(
         }
         None
     });
-    Ok((
-        WsStdin::new(Box::pin(sink), v5),
-        ExecEnd {
-            reader: Some(reader),
-            status: None,
-            stderr,
-        },
-    ))
+    let end = ExecEnd {
+        reader: Some(reader),
+        status: None,
+        stderr,
+    };
+    if stdin {
+        Ok((Some(WsStdin::new(Box::pin(sink), v5)), None, end))
+    } else {
+        Ok((None, Some(WsStdout::new(out_rx)), end))
+    }
+}
+
+/// A process's stdout over an exec WebSocket: the channel 1 messages, read
+/// without copying them first. It ends when the connection does; wrap it in
+/// an [`ExitChecked`] to tell a clean end from a broken one.
+struct WsStdout {
+    messages: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    current: bytes::Bytes,
+}
+
+impl WsStdout {
+    fn new(messages: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> Self {
+        WsStdout {
+            messages,
+            current: bytes::Bytes::new(),
+        }
+    }
+}
+
+impl AsyncRead for WsStdout {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        while self.current.is_empty() {
+            match ready!(self.messages.poll_recv(cx)) {
+                Some(b) => self.current = b,
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+        let n = self.current.len().min(buf.remaining());
+        buf.put_slice(&self.current.split_to(n));
+        Poll::Ready(Ok(()))
+    }
 }
 
 impl MoverVolumeStep {
@@ -1015,27 +1084,15 @@ impl MoverVolumeStep {
 
         // 4. tar -c through exec into the chunk store; each stored chunk
         // goes on to tar -x at once.
-        let ap = AttachParams::default()
-            .container("mover")
-            .stdin(false)
-            .stdout(true)
-            .stderr(true)
-            .max_stdout_buf_size(EXEC_BUFFER);
-        let mut tar = pods
-            .exec(
-                &up,
-                ["tar", "-c", "--sparse", "--numeric-owner", "-C", MOUNT, "."],
-                &ap,
-            )
-            .await
-            .map_err(|e| crate::cluster::classify(e, "exec tar -c in the source mover pod"))?;
-        let stdout = tar
-            .stdout()
-            .ok_or_else(|| StepError::retryable("exec gave no stdout"))?;
-        let errors = Stderr::drain(tar.stderr());
-        let status = tar
-            .take_status()
-            .ok_or_else(|| StepError::retryable("exec gave no status"))?;
+        let (stdout, mut tar) = exec_with_stdout(
+            source,
+            &input.source_namespace,
+            &up,
+            &["tar", "-c", "--sparse", "--numeric-owner", "-C", MOUNT, "."],
+        )
+        .await?;
+        let errors = tar.stderr.clone();
+        let status = async move { tar.status().await };
         let stdout = ExitChecked::new(stdout, Box::pin(status), "tar -c in the source mover pod");
         // The upload reports checkpoints (bytes and chunks done) at a bounded
         // rate; they go into the run's log, and a resumed attempt hands the
@@ -1064,7 +1121,7 @@ impl MoverVolumeStep {
                 let out = match upload.run(stdout).await {
                     Ok(o) => o,
                     Err(e) => {
-                        return Err(with_stderr(mover_err(e), "tar -c", errors.text().await));
+                        return Err(with_stderr(mover_err(e), "tar -c", errors.text()));
                     }
                 };
                 let _ = hash_tx.send(out.manifest.stream_hash);
