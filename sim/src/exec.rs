@@ -403,12 +403,18 @@ async fn run(
         tokio::select! {
             out = rx.recv() => match out {
                 Some(m) => {
-                    sent += m.len() as u64 - 1;
-                    if let Some(limit) = drop_after && sent >= limit {
-                        // Abrupt cut: no status, no close frame.
+                    let len = m.len() as u64 - 1;
+                    if let Some(limit) = drop_after && sent + len >= limit {
+                        // An abrupt cut once `limit` bytes went out: no
+                        // status, no close frame.
+                        let keep = (limit.saturating_sub(sent) as usize).min(m.len() - 1);
+                        if keep > 0 {
+                            let _ = sink.send(Message::Binary(m.slice(..keep + 1))).await;
+                        }
                         let _ = child.start_kill();
                         return true;
                     }
+                    sent += len;
                     if sink.send(Message::Binary(m)).await.is_err() {
                         let _ = child.start_kill();
                         return false;
