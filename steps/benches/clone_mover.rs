@@ -24,7 +24,11 @@
 //! ran first. The clone writes more than the pipe: the bucket is on the
 //! same disk.
 //!
-//! Prints per size the MB/s of both and the peak RSS, then
+//! Prints per size the MB/s of both and the peak RSS, and where the CPU
+//! went: the pipe's two `tar`s against the clone's ferry, source simulator
+//! with its `tar -c` and destination simulator with its `tar -x`, all on
+//! this machine's cores (a real deployment has the clusters' share on their
+//! nodes), and the least time that leaves the clone's copy. Then
 //! `ratio mover_vs_tar_pipe=X` (the largest size's clone MB/s over its
 //! pipe's; goal >= 0.5), `ratio reclone_uploaded_fraction=Y` (the most any
 //! size's re-clone uploaded, over its stream; goal <= 0.01) and
@@ -90,10 +94,12 @@ fn sync() {
 }
 
 /// `tar -c | tar -x` from a clean page cache state (everything synced
-/// first): its time until the copy ended, and until it was on disk.
-fn tar_pipe(src: &Path, dst: &Path) -> (f64, f64) {
+/// first): its time until the copy ended, until it was on disk, and the
+/// CPU seconds of both `tar`s.
+fn tar_pipe(src: &Path, dst: &Path) -> (f64, f64, f64) {
     std::fs::create_dir_all(dst).unwrap();
     sync();
+    let c0 = proc_cpu_s("self", true) - cpu_s();
     let t = Instant::now();
     let status = Command::new("sh")
         .arg("-c")
@@ -105,8 +111,9 @@ fn tar_pipe(src: &Path, dst: &Path) -> (f64, f64) {
         .unwrap();
     assert!(status.success());
     let copied = t.elapsed().as_secs_f64();
+    let cpu = proc_cpu_s("self", true) - cpu_s() - c0;
     sync();
-    (copied, t.elapsed().as_secs_f64())
+    (copied, t.elapsed().as_secs_f64(), cpu)
 }
 
 fn field(line: &str, key: &str) -> f64 {
@@ -201,7 +208,7 @@ fn step_phases(engine: &ferry_engine::Engine, run: ferry_store::RunId, id: &str)
 }
 
 /// Child: the clone, then an unchanged re-clone; prints one line of numbers.
-async fn child_clone(work: PathBuf, prod: PathBuf, staging: PathBuf) {
+async fn child_clone(work: PathBuf, prod: PathBuf, staging: PathBuf, sim_pids: [String; 2]) {
     let bucket = file_bucket(&work.join("bucket"));
     let engine = engine(
         ferry_steps::cluster::Clusters::from_paths(&[prod, staging]).unwrap(),
@@ -213,6 +220,7 @@ async fn child_clone(work: PathBuf, prod: PathBuf, staging: PathBuf) {
     for (i, dst_ns) in ["bench-1", "bench-2"].iter().enumerate() {
         sync();
         let c0 = cpu_s();
+        let sims0 = sim_pids.clone().map(|p| proc_cpu_s(&p, true));
         let t = Instant::now();
         let run = engine
             .submit(
@@ -222,6 +230,11 @@ async fn child_clone(work: PathBuf, prod: PathBuf, staging: PathBuf) {
             .unwrap();
         let phase = engine.wait(run).await.unwrap();
         let copied = t.elapsed().as_secs_f64();
+        let sims_cpu: Vec<f64> = sim_pids
+            .iter()
+            .zip(sims0)
+            .map(|(p, c)| proc_cpu_s(p, true) - c)
+            .collect();
         sync();
         let secs = t.elapsed().as_secs_f64();
         assert_eq!(phase, Phase::Succeeded);
@@ -238,16 +251,19 @@ async fn child_clone(work: PathBuf, prod: PathBuf, staging: PathBuf) {
             out,
             cpu_s() - c0,
             hwm_kib(None),
+            sims_cpu,
         ));
     }
-    let ((clone_s, copied_s), [setup_s, up_s, down_s], out, cpu, hwm) = &results[0];
-    let ((reclone_s, _), _, again, _, hwm_all) = &results[1];
+    let ((clone_s, copied_s), [setup_s, up_s, down_s], out, cpu, hwm, sims_cpu) = &results[0];
+    let ((reclone_s, _), _, again, _, hwm_all, _) = &results[1];
     println!(
-        "RESULT stream={} expected={} chunks={} uploaded={} clone_s={clone_s:.3} copied_s={copied_s:.3} setup_s={setup_s:.3} up_s={up_s:.3} down_s={down_s:.3} cpu_s={cpu:.2} hwm_kib={hwm} reclone_s={reclone_s:.3} reclone_uploaded={} hwm_all_kib={hwm_all}",
+        "RESULT stream={} expected={} chunks={} uploaded={} clone_s={clone_s:.3} copied_s={copied_s:.3} setup_s={setup_s:.3} up_s={up_s:.3} down_s={down_s:.3} cpu_s={cpu:.2} src_cpu_s={:.2} dst_cpu_s={:.2} hwm_kib={hwm} reclone_s={reclone_s:.3} reclone_uploaded={} hwm_all_kib={hwm_all}",
         out.bytes,
         out.expected_bytes.unwrap_or(0),
         out.chunks,
         out.bytes_uploaded,
+        sims_cpu[0],
+        sims_cpu[1],
         again.bytes_uploaded,
     );
 }
@@ -304,6 +320,8 @@ fn run_size(work: &Path, size: u64) -> (f64, f64, f64, f64) {
         .arg(dir.join("ferry"))
         .arg(&prod.kubeconfig)
         .arg(&staging.kubeconfig)
+        .arg(prod.child.id().to_string())
+        .arg(staging.child.id().to_string())
         .stderr(Stdio::inherit())
         .output()
         .unwrap();
@@ -326,10 +344,10 @@ fn run_size(work: &Path, size: u64) -> (f64, f64, f64, f64) {
     // The pipe again, after the clone, on the file system as the clone found
     // it; the faster of the two runs counts (the conservative choice).
     let pipe_after = tar_pipe(&vol, &dir.join("pipe-2"));
-    let (pipe_s, pipe_copied_s) = if pipe_before.1 <= pipe_after.1 {
-        (pipe_before.1, pipe_before.0)
+    let (pipe_s, pipe_copied_s, pipe_cpu) = if pipe_before.1 <= pipe_after.1 {
+        (pipe_before.1, pipe_before.0, pipe_before.2)
     } else {
-        (pipe_after.1, pipe_after.0)
+        (pipe_after.1, pipe_after.0, pipe_after.2)
     };
 
     let stream = field(&line, "stream");
@@ -362,6 +380,24 @@ fn run_size(work: &Path, size: u64) -> (f64, f64, f64, f64) {
         sim_src_cpu,
         sim_dst_cpu,
     );
+    // Where the CPU went: every part of the clone runs on this machine's
+    // cores (in a real deployment the clusters' own work, the simulators'
+    // here, is on their nodes), so the copy cannot take less than its CPU
+    // seconds over the cores.
+    let (ferry_cpu, src_cpu, dst_cpu) = (
+        field(&line, "cpu_s"),
+        field(&line, "src_cpu_s"),
+        field(&line, "dst_cpu_s"),
+    );
+    let clone_cpu = ferry_cpu + src_cpu + dst_cpu;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    println!(
+        "size={}MiB cpu: tar_pipe {pipe_cpu:.2}s (both tars) over {pipe_copied_s:.2}s; clone {clone_cpu:.2}s (ferry {ferry_cpu:.2}s, source sim with tar -c {src_cpu:.2}s, destination sim with tar -x {dst_cpu:.2}s) over {:.2}s: on {cores} cores its copy takes at least {:.2}s ({:.0}MB/s before the sync)",
+        size / MIB,
+        field(&line, "copied_s"),
+        clone_cpu / cores,
+        stream / (clone_cpu / cores) / 1e6,
+    );
     // Deleted with the rest at the end: deleting here would slow the next
     // size's file creation (see above).
     (stream / pipe_s, stream / clone_s, reup, hwm)
@@ -388,6 +424,7 @@ fn main() {
                 args[2].clone().into(),
                 args[3].clone().into(),
                 args[4].clone().into(),
+                [args[5].clone(), args[6].clone()],
             )),
             other => panic!("unknown child mode {other}"),
         }

@@ -15,10 +15,10 @@ use crate::error::{Error, Result};
 use crate::manifest::{ChunkHash, ChunkRef, Manifest, StreamHasher};
 
 /// Bytes of chunks an upload may hand over in memory to the download that
-/// follows it ([`ChunkSender`]) and that are not written yet: 16 MiB, about
-/// sixteen chunks of the default size. A full budget makes the upload wait
+/// follows it ([`ChunkSender`]) and that are not written yet: 8 MiB, about
+/// eight chunks of the default size. A full budget makes the upload wait
 /// for the download, so memory stays bounded whatever the volume's size.
-pub const HANDOFF_BUDGET: usize = 16 << 20;
+pub const HANDOFF_BUDGET: usize = 8 << 20;
 
 /// How a download runs.
 #[derive(Clone, Debug)]

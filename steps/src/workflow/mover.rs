@@ -581,8 +581,9 @@ async fn exec_with_stdout(
     Ok((stdout, end))
 }
 
-/// Messages of stdout read ahead of their reader.
-const STDOUT_AHEAD: usize = 8;
+/// Messages of stdout read ahead of their reader (kept few: each may be as
+/// large as the API server makes it).
+const STDOUT_AHEAD: usize = 4;
 
 /// The exec connection behind [`exec_with_stdin`] (`stdin`) and
 /// [`exec_with_stdout`] (not `stdin`): one of stdin or stdout, with stderr.
