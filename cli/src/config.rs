@@ -68,7 +68,8 @@ pub struct Config {
     /// Concurrency limits.
     #[serde(default)]
     pub limits: Limits,
-    /// The container image of the data mover pod.
+    /// The container image of the data mover pod: GNU `tar`, `sh`, `du`,
+    /// `find` and `sleep` (default `docker.io/library/debian:12-slim`).
     pub mover_image: Option<String>,
     /// How long a clone may take to become Healthy on the destination when
     /// it does not say (a duration such as `"15m"`; default `"10m"`).

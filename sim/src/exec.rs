@@ -8,6 +8,12 @@
 //! inside a longer name (`/database` is not `/data`). The working directory
 //! is the mapped `workingDir`, else a per-pod directory under the data dir.
 //!
+//! The local commands are the host's (GNU tar, coreutils), whatever the
+//! image, but for one difference that has cost a real clone: in an image
+//! named `busybox`, `tar` refuses the GNU options BusyBox's lacks
+//! ([`BUSYBOX_TAR_REFUSES`]), as BusyBox 1.35/1.36 does: the message
+//! `tar: unrecognized option '--sparse'` on stderr and exit status 1.
+//!
 //! Framing: byte 0 of each binary message is the channel (0 stdin, 1 stdout,
 //! 2 stderr, 3 status, 4 resize, 255 close on v5). All output is sent before
 //! the status; then a close frame (1000). A fault
@@ -247,11 +253,22 @@ pub async fn handle(
         .map(|w| PathBuf::from(rewrite_arg(w, &mounts)))
         .filter(|p| p.is_dir())
         .unwrap_or(pod_dir);
-    let args: Vec<String> = req
+    let mut args: Vec<String> = req
         .command
         .iter()
         .map(|a| rewrite_arg(a, &mounts))
         .collect();
+    if let Some(refusal) = busybox_refusal(str_at(&container, "/image"), &req.command) {
+        args = [
+            "sh",
+            "-c",
+            "printf '%s\\n' \"$1\" >&2; exit 1",
+            "sh",
+            &refusal,
+        ]
+        .map(String::from)
+        .to_vec();
+    }
     let env: Vec<(String, String)> = container
         .get("env")
         .and_then(Value::as_array)
@@ -274,6 +291,32 @@ pub async fn handle(
             _ = cancel.cancelled() => {}
         }
     }))
+}
+
+/// GNU `tar` options that BusyBox's `tar` (1.35, 1.36) does not know: it
+/// refuses them with "unrecognized option" and exit status 1. Checked
+/// against Debian's busybox 1.35.0 (`--same-permissions` and `-p` it
+/// accepts).
+pub const BUSYBOX_TAR_REFUSES: &[&str] = &[
+    "--sparse",
+    "--xattrs",
+    "--acls",
+    "--selinux",
+    "--preserve-permissions",
+    "--version",
+];
+
+/// What BusyBox's `tar` says to `command` in a container of `image`, when
+/// the image is BusyBox's and `command` runs `tar` with an option it lacks.
+fn busybox_refusal(image: &str, command: &[String]) -> Option<String> {
+    let name = image.rsplit('/').next().unwrap_or(image);
+    if !name.starts_with("busybox") || command.first().map(String::as_str) != Some("tar") {
+        return None;
+    }
+    let bad = command[1..]
+        .iter()
+        .find(|a| BUSYBOX_TAR_REFUSES.contains(&a.split('=').next().unwrap_or(a)))?;
+    Some(format!("tar: unrecognized option '{bad}'"))
 }
 
 /// Bytes a process's stdin and stdout pipes hold (Linux's default is 64 KiB):
@@ -482,6 +525,45 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn busybox_tar_refuses_gnu_options_and_nothing_else_does() {
+        let cmd = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let create = cmd(&[
+            "tar",
+            "-c",
+            "--sparse",
+            "--numeric-owner",
+            "-C",
+            "/data",
+            ".",
+        ]);
+        assert_eq!(
+            busybox_refusal("docker.io/library/busybox:1.36", &create).as_deref(),
+            Some("tar: unrecognized option '--sparse'")
+        );
+        assert!(busybox_refusal("busybox", &create).is_some());
+        for image in [
+            "docker.io/library/debian:12-slim",
+            "registry.local/busybox-tools/x:1",
+        ] {
+            assert_eq!(busybox_refusal(image, &create), None, "{image}");
+        }
+        let extract = cmd(&[
+            "tar",
+            "-x",
+            "--numeric-owner",
+            "--same-permissions",
+            "-f",
+            "-",
+        ]);
+        assert_eq!(busybox_refusal("busybox:1.36", &extract), None);
+        assert_eq!(
+            busybox_refusal("busybox:1.36", &cmd(&["sh", "-c", "tar --sparse"])),
+            None,
+            "only a direct tar is checked"
+        );
+    }
 
     #[test]
     fn rewrites_paths_only_at_path_starts() {

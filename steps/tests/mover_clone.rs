@@ -548,3 +548,33 @@ async fn with_a_transfer_limit_of_one_two_volumes_never_transfer_at_once() {
     .unwrap();
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mover_image_without_gnu_tar_fails_at_once_naming_the_image_and_the_fix() {
+    // BusyBox's tar refuses --sparse: no retry can help, the image must change.
+    let bucket_dir = tempfile::tempdir().unwrap();
+    let image = "docker.io/library/busybox:1.36";
+    let w = World::start_with_image(
+        file_bucket(bucket_dir.path()),
+        small_chunk_settings(4),
+        image,
+    )
+    .await;
+    seeded(&w, &small_tree(5)).await;
+    let (run, phase) = w.clone(&spec("busybox", "vol", "vol-copy", false)).await;
+    assert_eq!(phase, Phase::RolledBack, "{}", w.steps(run));
+    let failures = step_failures(&w, run, "volume/vol-copy/files");
+    assert_eq!(failures.len(), 1, "permanent, not retried: {failures:?}");
+    let msg = &failures[0];
+    for part in [
+        "tar -c",
+        "unrecognized option '--sparse'",
+        image,
+        "no GNU tar",
+        ferry_steps::workflow::DEFAULT_MOVER_IMAGE,
+    ] {
+        assert!(msg.contains(part), "{part:?} not in {msg}");
+    }
+    assert_no_leftovers(&w, run).await;
+    w.stop().await;
+}

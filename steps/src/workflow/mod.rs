@@ -58,15 +58,20 @@ pub struct CloneEnv {
     pub health_poll: Duration,
     /// The data mover's buckets by name (empty: no volume goes via the mover).
     pub buckets: std::collections::BTreeMap<String, ferry_mover::Bucket>,
-    /// The image of the mover pods (it needs `tar` and `sh`).
+    /// The image of the mover pods (it needs GNU `tar`, `sh`, `du`, `find`
+    /// and `sleep`).
     pub mover_image: String,
     /// How volume data moves, shared by every clone of the daemon: the
     /// transfer limit (`mover.transfers`), upload and download options.
     pub mover: MoverSettings,
 }
 
-/// The mover image when the config names none.
-pub const DEFAULT_MOVER_IMAGE: &str = "docker.io/library/busybox:1.36";
+/// The mover image when the config names none: Debian's slim image, for
+/// its GNU tar (with `sh`, `du`, `find` and `sleep`). BusyBox's `tar` has no
+/// `--sparse` (it refuses it, checked against BusyBox 1.35) and keeps no
+/// holes, so `busybox` is no mover image; the step names the image and the
+/// fix when a `tar` refuses an option.
+pub const DEFAULT_MOVER_IMAGE: &str = "docker.io/library/debian:12-slim";
 
 /// The transformed objects a clone applies, stored encrypted (it holds
 /// Secrets) as a blob; events carry only its reference.

@@ -326,6 +326,22 @@ impl Stderr {
     }
 }
 
+/// The permanent error of a mover image whose `tar` refused an option ferry
+/// passes (BusyBox's has no `--sparse`): no retry can fix it, the image
+/// must change. `None` when `stderr` says nothing of the kind.
+fn tar_refused_options(stderr: &str, what: &str, image: &str) -> Option<StepError> {
+    let refused = ["unrecognized option", "unknown option", "invalid option"]
+        .iter()
+        .any(|m| stderr.contains(m));
+    refused.then(|| {
+        StepError::permanent(format!(
+            "{what} refused an option ferry needs ({stderr}): the mover image {image} has no GNU tar; \
+             set `mover_image` in the daemon's config to an image with GNU tar and sh, such as {}",
+            super::DEFAULT_MOVER_IMAGE
+        ))
+    })
+}
+
 /// `e` with a process's stderr appended, when it said anything.
 fn with_stderr(mut e: StepError, what: &str, stderr: String) -> StepError {
     if !stderr.is_empty() {
@@ -778,7 +794,7 @@ impl Step for MoverVolumeStep {
                         })
                         .run(stdin)
                         .await;
-                    untar.finish(d).await
+                    untar.finish(d, &self.env.mover_image).await
                 };
                 let recording = async {
                     while let Some(n) = rx.recv().await {
@@ -912,18 +928,21 @@ impl ExecEnd {
     async fn finish(
         &mut self,
         downloaded: ferry_mover::Result<ferry_mover::DownloadStats>,
+        image: &str,
     ) -> Result<ferry_mover::DownloadStats, StepError> {
         let d = match downloaded {
             Ok(d) => d,
             // tar -x may have said why it stopped reading.
-            Err(e) => return Err(with_stderr(mover_err(e), "tar -x", self.stderr().await)),
+            Err(e) => {
+                let stderr = self.stderr().await;
+                return Err(tar_refused_options(&stderr, "tar -x", image)
+                    .unwrap_or_else(|| with_stderr(mover_err(e), "tar -x", stderr)));
+            }
         };
         if let Err(e) = status_message(self.status().await, "tar -x in the destination mover pod") {
-            return Err(with_stderr(
-                StepError::retryable(e),
-                "tar -x",
-                self.stderr().await,
-            ));
+            let stderr = self.stderr().await;
+            return Err(tar_refused_options(&stderr, "tar -x", image)
+                .unwrap_or_else(|| with_stderr(StepError::retryable(e), "tar -x", stderr)));
         }
         Ok(d)
     }
@@ -1122,7 +1141,11 @@ impl MoverVolumeStep {
                 let out = match upload.run(stdout).await {
                     Ok(o) => o,
                     Err(e) => {
-                        return Err(with_stderr(mover_err(e), "tar -c", errors.text()));
+                        let stderr = errors.text();
+                        return Err(
+                            tar_refused_options(&stderr, "tar -c", &self.env.mover_image)
+                                .unwrap_or_else(|| with_stderr(mover_err(e), "tar -c", stderr)),
+                        );
                     }
                 };
                 let _ = hash_tx.send(out.manifest.stream_hash);
@@ -1147,7 +1170,7 @@ impl MoverVolumeStep {
                     })
                     .run(stdin, async { hash_rx.await.ok() })
                     .await;
-                untar.finish(d).await
+                untar.finish(d, &self.env.mover_image).await
             }
         };
         let recording = async {

@@ -155,6 +155,23 @@ pub fn engine(
     mover: MoverSettings,
     state_dir: &Path,
 ) -> Engine {
+    engine_with_image(
+        clusters,
+        bucket,
+        mover,
+        state_dir,
+        ferry_steps::workflow::DEFAULT_MOVER_IMAGE,
+    )
+}
+
+/// [`engine`], with mover pods of `image`.
+pub fn engine_with_image(
+    clusters: Clusters,
+    bucket: Bucket,
+    mover: MoverSettings,
+    state_dir: &Path,
+    image: &str,
+) -> Engine {
     let store = Store::open(StoreOptions {
         dir: state_dir.to_path_buf(),
         mac_key: Key32::from_bytes([1; 32]),
@@ -173,7 +190,7 @@ pub fn engine(
         .unwrap(),
         health_poll: Duration::from_millis(50),
         buckets: [(BUCKET.to_owned(), bucket)].into(),
-        mover_image: ferry_steps::workflow::DEFAULT_MOVER_IMAGE.into(),
+        mover_image: image.into(),
         mover,
     };
     let mut registry = Registry::new();
@@ -204,13 +221,19 @@ impl World {
     /// Starts both simulators (their data in temp dirs) and an engine whose
     /// clones use `bucket` as the default bucket.
     pub async fn start(bucket: Bucket, mover: MoverSettings) -> World {
+        Self::start_with_image(bucket, mover, ferry_steps::workflow::DEFAULT_MOVER_IMAGE).await
+    }
+
+    /// [`World::start`], with mover pods of `image`.
+    pub async fn start_with_image(bucket: Bucket, mover: MoverSettings, image: &str) -> World {
         let tmp = tempfile::tempdir().unwrap();
         let (src, dst) = (sim("prod", None).await, sim("staging", None).await);
-        let engine = engine(
+        let engine = engine_with_image(
             clusters(&[&src, &dst]),
             bucket.clone(),
             mover.clone(),
             &tmp.path().join("state"),
+            image,
         );
         World {
             src,
