@@ -423,13 +423,17 @@ async fn run(
         let Some(mut pipe) = pipe else { continue };
         let tx = tx.clone();
         readers.push(tokio::spawn(async move {
+            // One buffer, its sent parts split off: once the writer dropped
+            // them, `reserve` takes the same memory again instead of fresh
+            // pages for every message.
+            let mut buf = BytesMut::new();
             loop {
-                let mut m = BytesMut::with_capacity(PIPE_SIZE + 1);
-                m.put_u8(ch);
-                match pipe.read_buf(&mut m).await {
+                buf.reserve(PIPE_SIZE + 1);
+                buf.put_u8(ch);
+                match pipe.read_buf(&mut buf).await {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {
-                        if tx.send(m.freeze()).await.is_err() {
+                        if tx.send(buf.split().freeze()).await.is_err() {
                             break;
                         }
                     }
