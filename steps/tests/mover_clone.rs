@@ -578,3 +578,64 @@ async fn a_mover_image_without_gnu_tar_fails_at_once_naming_the_image_and_the_fi
     assert_no_leftovers(&w, run).await;
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_copy_of_a_volume_in_use_succeeds_with_a_warning_naming_the_changed_file() {
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::AtomicBool;
+    let bucket_dir = tempfile::tempdir().unwrap();
+    let w = World::start(file_bucket(bucket_dir.path()), small_chunk_settings(4)).await;
+    let src = w.source().await;
+    apply_yaml(
+        &src,
+        &volumes_yaml("web", &[("shared", "efs", "ReadWriteMany")]),
+    )
+    .await;
+    let dir = pv_dir(&src, "web", "shared").await;
+    make_tree(&dir, &small_tree(21)).unwrap();
+    // An application keeps writing one file all through the copy: GNU tar
+    // sees it change while reading it, says so and exits 1.
+    let busy = dir.join("busy.log");
+    std::fs::write(&busy, vec![b'x'; 8 << 20]).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, file) = (
+            stop.clone(),
+            std::fs::OpenOptions::new().write(true).open(&busy).unwrap(),
+        );
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                file.write_all_at(&n.to_le_bytes(), (n % 1024) * 8).unwrap();
+                n += 1;
+                std::thread::yield_now();
+            }
+        })
+    };
+    let (run, phase) = w.clone(&spec("busy", "web", "web-copy", false)).await;
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+
+    // Not a failure retried until the attempts run out: the copy is whole,
+    // the changed file copied as read, and the run says so.
+    assert_eq!(phase, Phase::SucceededWithWarnings, "{}", w.steps(run));
+    assert!(step_failures(&w, run, "volume/web-copy/shared").is_empty());
+    let out = w.output(run, "web-copy", "shared");
+    assert!(out.source_changed, "{out:?}");
+    let warnings = w.engine.load(run).unwrap().warnings;
+    assert!(
+        warnings
+            .iter()
+            .any(|m| m.contains("web/shared") && m.contains("busy.log") && m.contains("changed")),
+        "{warnings:?}"
+    );
+    let dst = w.dst_pv("web-copy", "shared").await;
+    assert_eq!(
+        std::fs::metadata(dst.join("busy.log")).unwrap().len(),
+        8 << 20
+    );
+    std::fs::remove_file(&busy).unwrap();
+    std::fs::remove_file(dst.join("busy.log")).unwrap();
+    compare_trees(&dir, &dst).unwrap();
+    w.stop().await;
+}

@@ -152,6 +152,10 @@ pub struct MoverOutput {
     /// Chunks the download took from the upload's memory (last attempt).
     #[serde(default)]
     pub chunks_handed: u64,
+    /// `tar -c` found files changing while it read them (a live copy of a
+    /// volume in use); the run ends with a warning naming them.
+    #[serde(default)]
+    pub source_changed: bool,
 }
 
 /// Where a transfer stands, in its checkpoints.
@@ -194,6 +198,11 @@ pub struct MoverCheckpoint {
     /// Stream bytes written into `tar -x` (download phase).
     #[serde(default)]
     pub bytes_downloaded: u64,
+    /// Set when `tar -c` found files changing while it read them (a live
+    /// copy of a volume in use): what its stderr said of them. The stream
+    /// holds each as it was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_changed: Option<String>,
 }
 
 fn mover_err(e: ferry_mover::Error) -> StepError {
@@ -243,6 +252,22 @@ async fn wait_running(
             _ = ctx.cancellation().cancelled() => return Err(StepError::cancelled()),
         }
     }
+}
+
+/// The exit code in a failed exec's status (`details.causes`, reason
+/// `ExitCode`), when it has one.
+fn exit_code(status: &Status) -> Option<i32> {
+    status
+        .details
+        .as_ref()?
+        .causes
+        .as_ref()?
+        .iter()
+        .find(|c| c.reason.as_deref() == Some("ExitCode"))?
+        .message
+        .as_deref()?
+        .parse()
+        .ok()
 }
 
 /// What an exec status says: `Ok` for success, else the message.
@@ -326,6 +351,17 @@ impl Stderr {
     }
 }
 
+/// What GNU `tar -c` said of the files that changed or vanished while it
+/// read them, from its stderr (the tail kept).
+fn changed_files(stderr: &str) -> Option<String> {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("changed as we read it") || l.contains("removed before we read it"))
+        .map(|l| l.strip_prefix("tar: ").unwrap_or(l))
+        .collect();
+    (!lines.is_empty()).then(|| lines.join("; "))
+}
+
 /// The permanent error of a mover image whose `tar` refused an option ferry
 /// passes (BusyBox's has no `--sparse`): no retry can fix it, the image
 /// must change. `None` when `stderr` says nothing of the kind.
@@ -372,6 +408,9 @@ struct ExitChecked<R> {
     inner: R,
     exit: Exit,
     what: &'static str,
+    /// Set, exit status 1 with GNU tar's word for it on stderr counts as a
+    /// clean end and is recorded in the flag.
+    changed: Option<(Arc<std::sync::atomic::AtomicBool>, Tail)>,
 }
 
 impl<R> ExitChecked<R> {
@@ -380,7 +419,23 @@ impl<R> ExitChecked<R> {
             inner,
             exit: Exit::Running(status),
             what,
+            changed: None,
         }
+    }
+
+    /// For GNU `tar -c`: exit status 1 means "some files were changed while
+    /// being archived", and the archive is whole (each such file as it was
+    /// read; fatal errors are status 2). A live copy of a volume in use sees
+    /// it on every try, so it ends the stream cleanly and sets `changed`,
+    /// when `stderr` (complete once the status came) names such files:
+    /// another `tar` (BusyBox's) exits 1 on any error.
+    fn tolerating_changed_files(
+        mut self,
+        changed: Arc<std::sync::atomic::AtomicBool>,
+        stderr: Tail,
+    ) -> Self {
+        self.changed = Some((changed, stderr));
+        self
     }
 
     /// Polls the exit status: `Some(error)` when the stream is broken.
@@ -394,7 +449,14 @@ impl<R> ExitChecked<R> {
                     self.what
                 ))));
             }
-            self.exit = Exit::Exited(status_message(status, self.what));
+            let exit_1 = status.as_ref().and_then(exit_code) == Some(1);
+            self.exit = match &self.changed {
+                Some((flag, stderr)) if exit_1 && changed_files(&stderr.text()).is_some() => {
+                    flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                    Exit::Exited(Ok(()))
+                }
+                _ => Exit::Exited(status_message(status, self.what)),
+            };
         }
         Poll::Ready(None)
     }
@@ -771,7 +833,7 @@ impl Step for MoverVolumeStep {
             }
             _ => None,
         };
-        let (up_stats, downloaded, expected_bytes) = match stored {
+        let (up_stats, downloaded, expected_bytes, changed) = match stored {
             Some((manifest, cp)) => {
                 let _permit = self.permit(ctx).await?;
                 let down = self
@@ -807,7 +869,12 @@ impl Step for MoverVolumeStep {
                     r = async { tokio::try_join!(downloading, recording) } => r?,
                     _ = ctx.cancellation().cancelled() => return Err(StepError::cancelled()),
                 };
-                (last.upload.stats, downloaded, last.expected_bytes)
+                (
+                    last.upload.stats,
+                    downloaded,
+                    last.expected_bytes,
+                    last.source_changed,
+                )
             }
             None => {
                 self.transfer(
@@ -840,6 +907,14 @@ impl Step for MoverVolumeStep {
             &ferry_name(&short, &format!("down-{}", input.pvc)),
         )
         .await?;
+        if let Some(files) = &changed {
+            ctx.warn(format!(
+                "volume {}/{}: files changed while tar read them (a live copy of a volume in use), \
+                 copied as read: {files}. For a consistent copy, stop the writers during the clone \
+                 or use a storage class that can snapshot",
+                input.source_namespace, input.pvc
+            ));
+        }
         Ok(MoverOutput {
             bytes: up_stats.bytes_read,
             chunks: up_stats.chunks,
@@ -849,6 +924,7 @@ impl Step for MoverVolumeStep {
             bucket_retries: up_stats.retries + downloaded.retries,
             bytes_fetched: downloaded.bytes_fetched,
             chunks_handed: downloaded.chunks_handed,
+            source_changed: changed.is_some(),
         })
     }
 
@@ -916,8 +992,9 @@ enum Report {
     /// The upload's checkpoint (made durable at once: it is what a resumed
     /// attempt starts from).
     Upload(UploadCheckpoint),
-    /// The upload is stored: manifest written, `tar -c` exited 0.
-    Stored(UploadCheckpoint),
+    /// The upload is stored: manifest written, `tar -c` exited 0 (or 1,
+    /// with what it said of the files that changed).
+    Stored(UploadCheckpoint, Option<String>),
     /// Stream bytes written into `tar -x` (recorded at the engine's rate).
     Downloaded(u64),
 }
@@ -1032,7 +1109,15 @@ impl MoverVolumeStep {
         spec: &CloneSpec,
         source_pvc: &Value,
         resumed: Option<MoverCheckpoint>,
-    ) -> Result<(UploadStats, ferry_mover::DownloadStats, Option<u64>), StepError> {
+    ) -> Result<
+        (
+            UploadStats,
+            ferry_mover::DownloadStats,
+            Option<u64>,
+            Option<String>,
+        ),
+        StepError,
+    > {
         let run = ctx.run_id().to_string();
         let short = ctx.short();
         let volume = format!("{}-{}", input.source_namespace, input.pvc);
@@ -1093,6 +1178,7 @@ impl MoverVolumeStep {
             expected_bytes,
             phase: MoverPhase::Upload,
             bytes_downloaded: 0,
+            source_changed: None,
         };
         ctx.save_checkpoint(&last, true).await?;
         let _permit = self.permit(ctx).await?;
@@ -1113,7 +1199,9 @@ impl MoverVolumeStep {
         .await?;
         let errors = tar.stderr.clone();
         let status = async move { tar.status().await };
-        let stdout = ExitChecked::new(stdout, Box::pin(status), "tar -c in the source mover pod");
+        let changed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stdout = ExitChecked::new(stdout, Box::pin(status), "tar -c in the source mover pod")
+            .tolerating_changed_files(changed.clone(), errors.clone());
         // The upload reports checkpoints (bytes and chunks done) at a bounded
         // rate; they go into the run's log, and a resumed attempt hands the
         // last one back (it re-reads the source, skipping stored chunks).
@@ -1149,14 +1237,21 @@ impl MoverVolumeStep {
                     }
                 };
                 let _ = hash_tx.send(out.manifest.stream_hash);
-                let _ = tx.send(Report::Stored(UploadCheckpoint {
-                    version: ferry_mover::upload::CHECKPOINT_VERSION,
-                    run: out.manifest.run.clone(),
-                    volume: out.manifest.volume.clone(),
-                    bytes_done: out.manifest.total_len,
-                    chunks_done: out.manifest.chunks.len() as u64,
-                    stats: out.stats,
-                }));
+                let changed = changed
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                    .then(|| changed_files(&errors.text()))
+                    .flatten();
+                let _ = tx.send(Report::Stored(
+                    UploadCheckpoint {
+                        version: ferry_mover::upload::CHECKPOINT_VERSION,
+                        run: out.manifest.run.clone(),
+                        volume: out.manifest.volume.clone(),
+                        bytes_done: out.manifest.total_len,
+                        chunks_done: out.manifest.chunks.len() as u64,
+                        stats: out.stats,
+                    },
+                    changed,
+                ));
                 Ok::<UploadStats, StepError>(out.stats)
             }
         };
@@ -1181,9 +1276,10 @@ impl MoverVolumeStep {
                         ctx.save_checkpoint(&last, true).await?;
                         ferry_engine::failpoint("mover.upload.checkpoint");
                     }
-                    Report::Stored(cp) => {
+                    Report::Stored(cp, changed) => {
                         last.upload = cp;
                         last.phase = MoverPhase::Download;
+                        last.source_changed = changed;
                         ctx.save_checkpoint(&last, true).await?;
                     }
                     Report::Downloaded(n) => {
@@ -1207,7 +1303,7 @@ impl MoverVolumeStep {
         let up_stats = up?;
         let downloaded = down?;
         recorded?;
-        Ok((up_stats, downloaded, expected_bytes))
+        Ok((up_stats, downloaded, expected_bytes, last.source_changed))
     }
 }
 
