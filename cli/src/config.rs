@@ -71,6 +71,12 @@ pub struct Config {
     /// The container image of the data mover pod: GNU `tar`, `sh`, `du`,
     /// `find` and `sleep` (default `docker.io/library/debian:12-slim`).
     pub mover_image: Option<String>,
+    /// Read every chunk back from the bucket and verify it while a clone's
+    /// download follows its upload, even the chunks the clone stored itself
+    /// and could hand over from memory: proof that the bucket's copy
+    /// restores, for a bucket read, a decompression and a hash per chunk
+    /// (default false).
+    pub mover_read_back: Option<bool>,
     /// How long a clone may take to become Healthy on the destination when
     /// it does not say (a duration such as `"15m"`; default `"10m"`).
     pub default_health_deadline: Option<String>,

@@ -128,12 +128,16 @@ pub fn clone_workflow(config: &Config, kubeconfigs: &[PathBuf]) -> anyhow::Resul
             .mover_image
             .clone()
             .unwrap_or_else(|| ferry_steps::workflow::DEFAULT_MOVER_IMAGE.into()),
-        mover: ferry_steps::workflow::MoverSettings::with_transfer_limit(
-            config
-                .limits
-                .mover_transfers
-                .unwrap_or(ferry_steps::workflow::DEFAULT_TRANSFER_LIMIT),
-        ),
+        mover: {
+            let mut mover = ferry_steps::workflow::MoverSettings::with_transfer_limit(
+                config
+                    .limits
+                    .mover_transfers
+                    .unwrap_or(ferry_steps::workflow::DEFAULT_TRANSFER_LIMIT),
+            );
+            mover.download.read_back = config.mover_read_back.unwrap_or(false);
+            mover
+        },
     }))
 }
 

@@ -322,14 +322,13 @@ async fn a_failed_download_is_retried_without_reading_the_source_again() {
     // The second clone's download reads every chunk back from the bucket
     // (this clone did not write them). Once its upload is stored, chunk
     // reads fail for longer than the mover's own retries last: every read
-    // of the download's first chunks, each attempt of each.
+    // of the download's first chunks, each attempt of each. (The failures
+    // below are such reads: the gate fails nothing else.)
     gate.arm(outage);
     let (run, phase) = w.clone(&spec("retried", "vol", "vol-copy", false)).await;
     assert_eq!(phase, Phase::Succeeded, "{}", w.steps(run));
     compare_trees(&src, &w.dst_pv("vol-copy", "files").await).unwrap();
-    let out = w.output(run, "vol-copy", "files");
-    assert_eq!(out.chunks_handed, 0, "{out:?}");
-    assert!(out.bytes_fetched > 0, "{out:?}");
+
     let step = "volume/vol-copy/files";
     let failures = step_failures(&w, run, step);
     assert!(

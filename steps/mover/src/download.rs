@@ -159,7 +159,7 @@ impl Download {
             bucket: bucket.clone(),
             volume: volume.to_string(),
             chunks,
-            budget,
+            budget: CloseOnDrop(budget),
             opts: DownloadOptions::default(),
             on_progress: None,
         };
@@ -176,8 +176,11 @@ struct Handoff {
 }
 
 /// The upload's end of a [`FollowDownload`]: chunks go in stream order, each
-/// once it is in the bucket.
-#[derive(Clone, Debug)]
+/// once it is in the bucket. Dropping it tells the download the upload
+/// ended. The download must run alongside the upload (`join!`), not after
+/// it: once [`HANDOFF_BUDGET`] is handed over, the upload waits for the
+/// download (a [`FollowDownload`] dropped unrun releases it).
+#[derive(Debug)]
 pub struct ChunkSender {
     tx: mpsc::UnboundedSender<Handoff>,
     budget: Arc<Semaphore>,
@@ -202,6 +205,8 @@ impl ChunkSender {
     pub async fn send(&self, chunk: &ChunkRef, data: Option<&Bytes>) -> bool {
         let data = match data {
             Some(bytes) => {
+                // A chunk over the whole budget (the chunker allows up to
+                // 16 MiB) takes all of it: at most one such chunk waits.
                 let want = bytes.len().clamp(1, HANDOFF_BUDGET) as u32;
                 match self.budget.clone().acquire_many_owned(want).await {
                     Ok(permit) => Some((bytes.clone(), permit)),
@@ -236,12 +241,13 @@ impl ChunkSender {
 ///   hash matched the upload's manifest.
 ///
 /// Memory: at most [`HANDOFF_BUDGET`] bytes handed over and not yet
-/// written, plus `concurrency` fetched chunks.
+/// written (or one chunk, if larger), plus `concurrency` fetched chunks.
 pub struct FollowDownload {
     bucket: Bucket,
     volume: String,
     chunks: mpsc::UnboundedReceiver<Handoff>,
-    budget: Arc<Semaphore>,
+    /// Closed when the download ends, run or not: the upload stops waiting.
+    budget: CloseOnDrop,
     opts: DownloadOptions,
     on_progress: Option<DownloadProgressFn>,
 }
@@ -282,7 +288,7 @@ impl FollowDownload {
             on_progress,
         } = self;
         // However this ends, the upload stops waiting for budget.
-        let _close = CloseOnDrop(budget);
+        let _close = budget;
         let volume: Arc<str> = Arc::from(volume.as_str());
         let handed = futures::stream::poll_fn(move |cx| chunks.poll_recv(cx));
         let (stats, actual) = write_chunks(

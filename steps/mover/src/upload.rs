@@ -135,8 +135,9 @@ pub type CheckpointFn = Arc<dyn Fn(&UploadCheckpoint) + Send + Sync>;
 ///
 /// # Guarantees
 /// Memory is bounded by `concurrency` + a few chunks of at most
-/// `chunker.max` bytes, whatever the stream's length (plus the manifest:
-/// 48 bytes a chunk). The manifest is written only after every chunk it
+/// `chunker.max` bytes, the chunker's buffer (three such chunks) and the
+/// hand-over budget of a following download, whatever the stream's length
+/// (plus the manifest: 48 bytes a chunk). The manifest is written only after every chunk it
 /// names is stored. Running it again on the same stream is safe.
 pub struct Upload {
     bucket: Bucket,

@@ -515,3 +515,85 @@ async fn manifests_are_checked_against_their_stream_hash_in_both_versions() -> a
     assert!(sink.is_empty());
     Ok(())
 }
+
+/// A sink that takes `room` bytes, then fails every write.
+struct BrokenSink {
+    room: usize,
+}
+
+impl tokio::io::AsyncWrite for BrokenSink {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.room == 0 {
+            return std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "tar -x went away",
+            )));
+        }
+        let n = buf.len().min(self.room);
+        self.room -= n;
+        std::task::Poll::Ready(Ok(n))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_goes_on_alone_when_its_following_download_fails_or_never_runs()
+-> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let bucket = file_bucket(&tmp.path().join("bucket"))?;
+    // Far more than the hand-over budget: an upload that waited for a
+    // download that is gone would never finish.
+    let len = 4 * ferry_mover::HANDOFF_BUDGET;
+    let data = content(
+        &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(3),
+        len,
+    );
+    let deadline = Duration::from_secs(60);
+
+    // The download fails (tar -x went away) after 1 MiB.
+    let (sender, follow) = Download::follow(&bucket, "failed");
+    let upload = Upload::new(&bucket, "run-1", "failed")
+        .hand_to(sender)
+        .run(std::io::Cursor::new(data.clone()));
+    let download = follow.run(BrokenSink { room: 1 << 20 }, std::future::pending());
+    let (up, down) = tokio::time::timeout(deadline, async { tokio::join!(upload, download) })
+        .await
+        .expect("the upload finished without its download");
+    assert!(matches!(down, Err(Error::SinkWrite { .. })), "{down:?}");
+    let up = up?;
+    assert_eq!(up.manifest.total_len, len as u64);
+
+    // The download is dropped without ever running.
+    let (sender, follow) = Download::follow(&bucket, "unrun");
+    drop(follow);
+    let up = tokio::time::timeout(
+        deadline,
+        Upload::new(&bucket, "run-2", "unrun")
+            .hand_to(sender)
+            .run(std::io::Cursor::new(data.clone())),
+    )
+    .await
+    .expect("the upload finished without its download")?;
+    // And what it stored restores.
+    let mut restored = Vec::new();
+    Download::new(&bucket, &up.manifest)
+        .run(&mut restored)
+        .await?;
+    assert!(restored == data, "the stored stream differs");
+    Ok(())
+}

@@ -366,9 +366,15 @@ fn changed_files(stderr: &str) -> Option<String> {
 /// passes (BusyBox's has no `--sparse`): no retry can fix it, the image
 /// must change. `None` when `stderr` says nothing of the kind.
 fn tar_refused_options(stderr: &str, what: &str, image: &str) -> Option<StepError> {
-    let refused = ["unrecognized option", "unknown option", "invalid option"]
-        .iter()
-        .any(|m| stderr.contains(m));
+    // getopt's words, on a line of tar's own: not a file name that happens
+    // to hold them, nor another program's message.
+    let refused = stderr.lines().any(|l| {
+        l.strip_prefix("tar: ").is_some_and(|rest| {
+            ["unrecognized option", "unknown option", "invalid option"]
+                .iter()
+                .any(|m| rest.starts_with(m))
+        })
+    });
     refused.then(|| {
         StepError::permanent(format!(
             "{what} refused an option ferry needs ({stderr}): the mover image {image} has no GNU tar; \
@@ -696,9 +702,9 @@ async fn exec_ws(
         while let Some(m) = stream.next().await {
             match m {
                 Ok(WsMessage::Binary(b)) if b.len() > 1 => match b[0] {
-                    // Stdout, to its reader; a reader that went away wants
-                    // no more.
-                    1 if out_tx.send(b.slice(1..)).await.is_err() => return None,
+                    // Stdout, to its reader (when one was asked for); a
+                    // reader that went away wants no more.
+                    1 if !stdin && out_tx.send(b.slice(1..)).await.is_err() => return None,
                     2 => keep.push(&b[1..]),
                     // kube's rule too: the status is the last message read.
                     3 => return serde_json::from_slice::<Status>(&b[1..]).ok(),
@@ -1310,6 +1316,56 @@ impl MoverVolumeStep {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tar_diagnostics_are_read_from_tar_s_own_lines() {
+        let changed = "tar: ./busy.log: file changed as we read it\n\
+                       tar: ./sock: socket ignored\n\
+                       tar: ./gone: File removed before we read it\n";
+        assert_eq!(
+            changed_files(changed).as_deref(),
+            Some("./busy.log: file changed as we read it; ./gone: File removed before we read it")
+        );
+        assert_eq!(
+            changed_files("tar: ./x: Cannot open: Permission denied"),
+            None
+        );
+
+        let refused = tar_refused_options(
+            "tar: unrecognized option '--sparse'\nBusyBox v1.36.1 multi-call binary.",
+            "tar -c",
+            "busybox:1.36",
+        )
+        .expect("a refusal");
+        assert!(!refused.is_retryable(), "{refused:?}");
+        assert!(refused.message.contains("busybox:1.36") && refused.message.contains("no GNU tar"));
+        for other in [
+            "tar: ./unrecognized option.txt: file changed as we read it",
+            "error: unrecognized option in the proxy",
+            "tar: ./a: Cannot open: Permission denied",
+        ] {
+            assert!(
+                tar_refused_options(other, "tar -c", "img").is_none(),
+                "{other}"
+            );
+        }
+    }
+
+    #[test]
+    fn exit_codes_come_from_the_status_causes() {
+        let status: Status = serde_json::from_value(json!({
+            "metadata": {}, "status": "Failure", "reason": "NonZeroExitCode",
+            "message": "command terminated with non-zero exit code: exit status 1",
+            "details": {"causes": [{"reason": "ExitCode", "message": "1"}]}
+        }))
+        .unwrap();
+        assert_eq!(exit_code(&status), Some(1));
+        let internal: Status = serde_json::from_value(json!({
+            "metadata": {}, "status": "Failure", "message": "boom", "reason": "InternalError"
+        }))
+        .unwrap();
+        assert_eq!(exit_code(&internal), None);
+    }
 
     #[test]
     fn checkpoints_decode_across_versions() {
