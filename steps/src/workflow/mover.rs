@@ -984,11 +984,13 @@ impl Step for MoverVolumeStep {
 type Permit = tokio::sync::OwnedSemaphorePermit;
 
 /// `tar -x` in the destination mover pod.
-const TAR_X: [&str; 6] = [
+const TAR_X: [&str; 8] = [
     "tar",
     "-x",
     "--numeric-owner",
     "--same-permissions",
+    "-f",
+    "-",
     "-C",
     MOUNT,
 ];
@@ -1200,7 +1202,19 @@ impl MoverVolumeStep {
             source,
             &input.source_namespace,
             &up,
-            &["tar", "-c", "--sparse", "--numeric-owner", "-C", MOUNT, "."],
+            // The archive named (`-f -`): a tar's built-in default may be
+            // a tape drive rather than stdout.
+            &[
+                "tar",
+                "-c",
+                "--sparse",
+                "--numeric-owner",
+                "-f",
+                "-",
+                "-C",
+                MOUNT,
+                ".",
+            ],
         )
         .await?;
         let errors = tar.stderr.clone();
