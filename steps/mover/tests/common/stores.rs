@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use object_store::path::Path as ObjPath;
 use object_store::{
@@ -19,6 +20,86 @@ use object_store::{
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+/// Methods of [`ObjectStore`] that a wrapper passes to its `inner` store
+/// unchanged, written out as `#[async_trait]` expands them (a macro inside
+/// an `#[async_trait]` impl is not expanded by it).
+macro_rules! forward {
+    ($($method:ident),* $(,)?) => { $(forward!(@one $method);)* };
+    (@one delete_stream) => {
+        fn delete_stream(
+            &self,
+            locations: BoxStream<'static, object_store::Result<ObjPath>>,
+        ) -> BoxStream<'static, object_store::Result<ObjPath>> {
+            self.inner.delete_stream(locations)
+        }
+    };
+    (@one list) => {
+        fn list(
+            &self,
+            prefix: Option<&ObjPath>,
+        ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+    };
+    (@one list_with_delimiter) => {
+        fn list_with_delimiter<'life0, 'life1, 'async_trait>(
+            &'life0 self,
+            prefix: Option<&'life1 ObjPath>,
+        ) -> BoxFuture<'async_trait, object_store::Result<ListResult>>
+        where
+            'life0: 'async_trait,
+            'life1: 'async_trait,
+            Self: 'async_trait,
+        {
+            self.inner.list_with_delimiter(prefix)
+        }
+    };
+    (@one copy_opts) => {
+        fn copy_opts<'life0, 'life1, 'life2, 'async_trait>(
+            &'life0 self,
+            from: &'life1 ObjPath,
+            to: &'life2 ObjPath,
+            options: CopyOptions,
+        ) -> BoxFuture<'async_trait, object_store::Result<()>>
+        where
+            'life0: 'async_trait,
+            'life1: 'async_trait,
+            'life2: 'async_trait,
+            Self: 'async_trait,
+        {
+            self.inner.copy_opts(from, to, options)
+        }
+    };
+    (@one put_multipart_opts) => {
+        fn put_multipart_opts<'life0, 'life1, 'async_trait>(
+            &'life0 self,
+            location: &'life1 ObjPath,
+            opts: PutMultipartOptions,
+        ) -> BoxFuture<'async_trait, object_store::Result<Box<dyn MultipartUpload>>>
+        where
+            'life0: 'async_trait,
+            'life1: 'async_trait,
+            Self: 'async_trait,
+        {
+            self.inner.put_multipart_opts(location, opts)
+        }
+    };
+    (@one get_opts) => {
+        fn get_opts<'life0, 'life1, 'async_trait>(
+            &'life0 self,
+            location: &'life1 ObjPath,
+            options: GetOptions,
+        ) -> BoxFuture<'async_trait, object_store::Result<GetResult>>
+        where
+            'life0: 'async_trait,
+            'life1: 'async_trait,
+            Self: 'async_trait,
+        {
+            self.inner.get_opts(location, options)
+        }
+    };
+}
 
 /// Counts puts (and their bytes) per path; optionally slows puts down.
 #[derive(Debug)]
@@ -122,32 +203,7 @@ impl ObjectStore for CountingStore {
         }
         self.inner.get_opts(location, options).await
     }
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, object_store::Result<ObjPath>>,
-    ) -> BoxStream<'static, object_store::Result<ObjPath>> {
-        self.inner.delete_stream(locations)
-    }
-    fn list(
-        &self,
-        prefix: Option<&ObjPath>,
-    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list(prefix)
-    }
-    async fn list_with_delimiter(
-        &self,
-        prefix: Option<&ObjPath>,
-    ) -> object_store::Result<ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-    async fn copy_opts(
-        &self,
-        from: &ObjPath,
-        to: &ObjPath,
-        options: CopyOptions,
-    ) -> object_store::Result<()> {
-        self.inner.copy_opts(from, to, options).await
-    }
+    forward!(delete_stream, list, list_with_delimiter, copy_opts);
 }
 
 /// Fails a fraction of requests with a transient error, from a seeded RNG.
@@ -262,14 +318,7 @@ impl ObjectStore for FaultyStore {
         }
         self.inner.list_with_delimiter(prefix).await
     }
-    async fn copy_opts(
-        &self,
-        from: &ObjPath,
-        to: &ObjPath,
-        options: CopyOptions,
-    ) -> object_store::Result<()> {
-        self.inner.copy_opts(from, to, options).await
-    }
+    forward!(copy_opts);
 }
 
 /// Appends a line to a file before each put (`start <path> <len>`) and after
@@ -381,46 +430,14 @@ impl ObjectStore for PutLogStore {
         }
         r
     }
-    async fn put_multipart_opts(
-        &self,
-        location: &ObjPath,
-        opts: PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.inner.put_multipart_opts(location, opts).await
-    }
-    async fn get_opts(
-        &self,
-        location: &ObjPath,
-        options: GetOptions,
-    ) -> object_store::Result<GetResult> {
-        self.inner.get_opts(location, options).await
-    }
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, object_store::Result<ObjPath>>,
-    ) -> BoxStream<'static, object_store::Result<ObjPath>> {
-        self.inner.delete_stream(locations)
-    }
-    fn list(
-        &self,
-        prefix: Option<&ObjPath>,
-    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list(prefix)
-    }
-    async fn list_with_delimiter(
-        &self,
-        prefix: Option<&ObjPath>,
-    ) -> object_store::Result<ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-    async fn copy_opts(
-        &self,
-        from: &ObjPath,
-        to: &ObjPath,
-        options: CopyOptions,
-    ) -> object_store::Result<()> {
-        self.inner.copy_opts(from, to, options).await
-    }
+    forward!(
+        put_multipart_opts,
+        get_opts,
+        delete_stream,
+        list,
+        list_with_delimiter,
+        copy_opts
+    );
 }
 
 /// Records every request, in the order they began: `(op, path)` with op
@@ -493,20 +510,7 @@ impl ObjectStore for TraceStore {
         }
         self.inner.list(prefix)
     }
-    async fn list_with_delimiter(
-        &self,
-        prefix: Option<&ObjPath>,
-    ) -> object_store::Result<ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-    async fn copy_opts(
-        &self,
-        from: &ObjPath,
-        to: &ObjPath,
-        options: CopyOptions,
-    ) -> object_store::Result<()> {
-        self.inner.copy_opts(from, to, options).await
-    }
+    forward!(list_with_delimiter, copy_opts);
 }
 
 /// Holds every chunk read until a manifest was written, then fails the next
@@ -557,13 +561,6 @@ impl ObjectStore for GateStore {
         }
         r
     }
-    async fn put_multipart_opts(
-        &self,
-        location: &ObjPath,
-        opts: PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.inner.put_multipart_opts(location, opts).await
-    }
     async fn get_opts(
         &self,
         location: &ObjPath,
@@ -584,30 +581,11 @@ impl ObjectStore for GateStore {
         }
         self.inner.get_opts(location, options).await
     }
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, object_store::Result<ObjPath>>,
-    ) -> BoxStream<'static, object_store::Result<ObjPath>> {
-        self.inner.delete_stream(locations)
-    }
-    fn list(
-        &self,
-        prefix: Option<&ObjPath>,
-    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list(prefix)
-    }
-    async fn list_with_delimiter(
-        &self,
-        prefix: Option<&ObjPath>,
-    ) -> object_store::Result<ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-    async fn copy_opts(
-        &self,
-        from: &ObjPath,
-        to: &ObjPath,
-        options: CopyOptions,
-    ) -> object_store::Result<()> {
-        self.inner.copy_opts(from, to, options).await
-    }
+    forward!(
+        put_multipart_opts,
+        delete_stream,
+        list,
+        list_with_delimiter,
+        copy_opts
+    );
 }
