@@ -368,20 +368,18 @@ fn changed_files(stderr: &str) -> Option<String> {
 fn tar_refused_options(stderr: &str, what: &str, image: &str) -> Option<StepError> {
     // getopt's words, on a line of tar's own: not a file name that happens
     // to hold them, nor another program's message.
-    let refused = stderr.lines().any(|l| {
+    let refusal = stderr.lines().find(|l| {
         l.strip_prefix("tar: ").is_some_and(|rest| {
             ["unrecognized option", "unknown option", "invalid option"]
                 .iter()
                 .any(|m| rest.starts_with(m))
         })
-    });
-    refused.then(|| {
-        StepError::permanent(format!(
-            "{what} refused an option ferry needs ({stderr}): the mover image {image} has no GNU tar; \
-             set `mover_image` in the daemon's config to an image with GNU tar and sh, such as {}",
-            super::DEFAULT_MOVER_IMAGE
-        ))
-    })
+    })?;
+    Some(StepError::permanent(format!(
+        "{what} refused an option ferry needs ({refusal}): the mover image {image} has no GNU tar; \
+         set `mover_image` in the daemon's config to an image with GNU tar and sh, such as {}",
+        super::DEFAULT_MOVER_IMAGE
+    )))
 }
 
 /// `e` with a process's stderr appended, when it said anything.
@@ -652,8 +650,9 @@ async fn exec_with_stdin(
 /// Runs `command` in the mover container of `pod` and reads its stdout as
 /// the WebSocket messages come (stderr and the status read on the side),
 /// over kube's connection: kube's own `AttachedProcess` copies stdout
-/// through an in-memory pipe first, a copy and a wake-up per read that
-/// measured 10% of the clone's CPU.
+/// through an in-memory pipe first, a copy and a wake-up per read (without
+/// it, ferry's memory copies over two 1 GiB clones fell from 1.3 s to
+/// 0.9 s of CPU).
 async fn exec_with_stdout(
     cluster: &Cluster,
     ns: &str,
@@ -1353,6 +1352,14 @@ mod tests {
         .expect("a refusal");
         assert!(!refused.is_retryable(), "{refused:?}");
         assert!(refused.message.contains("busybox:1.36") && refused.message.contains("no GNU tar"));
+        assert!(
+            refused
+                .message
+                .contains("(tar: unrecognized option '--sparse')")
+                && !refused.message.contains("multi-call"),
+            "only the refusing line: {}",
+            refused.message
+        );
         for other in [
             "tar: ./unrecognized option.txt: file changed as we read it",
             "error: unrecognized option in the proxy",
