@@ -17,7 +17,7 @@ use ferry_mover::Bucket;
 use ferry_sim::FaultConfig;
 use ferry_steps::workflow::{MoverPhase, MoverSettings};
 use mover_env::s3::{S3_BUCKET, s3_options, start_s3};
-use mover_env::stores::{CountingStore, FaultyStore, GateStore, TraceStore};
+use mover_env::stores::{CountingStore, FaultyStore, GateStore, RotStore, TraceStore};
 use mover_env::tree::{TreeSpec, compare_trees, make_tree};
 use mover_env::*;
 
@@ -365,11 +365,16 @@ async fn a_failed_download_is_retried_without_reading_the_source_again() {
     w.stop().await;
 }
 
+/// The object of chunk `hex` in a `file://` bucket at `dir` (prefix `ferry`).
+fn chunk_file(dir: &std::path::Path, hex: &str) -> std::path::PathBuf {
+    dir.join(format!("ferry/chunks/{}/{hex}", &hex[..2]))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_corrupt_chunk_in_the_bucket_is_refused_and_named() {
+async fn a_corrupt_chunk_in_the_bucket_is_named_and_stored_again_from_the_source() {
     let bucket_dir = tempfile::tempdir().unwrap();
     let w = World::start(file_bucket(bucket_dir.path()), small_chunk_settings(4)).await;
-    seeded(&w, &small_tree(6)).await;
+    let src = seeded(&w, &small_tree(6)).await;
     let (first, phase) = w.clone(&spec("first", "vol", "copy-1", false)).await;
     assert_eq!(phase, Phase::Succeeded, "{}", w.steps(first));
 
@@ -379,26 +384,91 @@ async fn a_corrupt_chunk_in_the_bucket_is_refused_and_named() {
         .read_manifest(&first.to_string(), "vol-files")
         .await
         .unwrap();
-    let victim = m.chunks[m.chunks.len() / 2].hash.to_hex();
-    let path = bucket_dir
-        .path()
-        .join(format!("ferry/chunks/{}/{victim}", &victim[..2]));
+    let hex = m.chunks[m.chunks.len() / 2].hash.to_hex();
+    let path = chunk_file(bucket_dir.path(), &hex);
     let mut bytes = std::fs::read(&path).unwrap();
     let at = bytes.len() / 2;
     bytes[at] ^= 0x5A;
     std::fs::write(&path, &bytes).unwrap();
 
     // A second clone of the same data finds the chunk stored, and its
-    // download refuses it, naming it: no retry can fix that.
+    // download refuses it, naming it. Only the source has the bytes: the
+    // next attempt reads it again and stores that chunk over the bad one.
     let (second, phase) = w.clone(&spec("second", "vol", "copy-2", false)).await;
-    assert_eq!(phase, Phase::RolledBack, "{}", w.steps(second));
+    assert_eq!(phase, Phase::SucceededWithWarnings, "{}", w.steps(second));
     let failures = step_failures(&w, second, "volume/copy-2/files");
-    assert_eq!(failures.len(), 1, "permanent, not retried: {failures:?}");
+    assert_eq!(failures.len(), 1, "{failures:?}");
     assert!(
-        failures[0].contains(&victim) && failures[0].contains("failed verification"),
+        failures[0].contains(&hex) && failures[0].contains("failed verification"),
         "{}",
         failures[0]
     );
+    compare_trees(&src, &w.dst_pv("copy-2", "files").await).unwrap();
+    let out = w.output(second, "copy-2", "files");
+    assert_eq!(out.chunks_repaired, 1, "{out:?}");
+    assert_eq!(out.chunks_uploaded, 1, "that chunk only: {out:?}");
+    let warnings = w.engine.load(second).unwrap().warnings;
+    assert!(
+        warnings
+            .iter()
+            .any(|m| m.contains("vol/files") && m.contains(&hex) && m.contains("again")),
+        "{warnings:?}"
+    );
+    // The object in the bucket is whole again, for every manifest naming
+    // it: the first clone's stream reads back in full.
+    let mut stream = Vec::new();
+    ferry_mover::Download::new(&w.bucket, &m)
+        .run(&mut stream)
+        .await
+        .unwrap();
+    assert_eq!(stream.len() as u64, m.total_len);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_that_damages_a_chunk_stored_again_fails_the_clone_for_good() {
+    let bucket_dir = tempfile::tempdir().unwrap();
+    let rot = Arc::new(RotStore::new(
+        file_bucket(bucket_dir.path()).store().clone(),
+    ));
+    let bucket = Bucket::from_store(rot.clone(), "ferry").with_retry(fast_retry());
+    // Every chunk is read back, so the download sees what the bucket keeps.
+    let mut settings = small_chunk_settings(4);
+    settings.download.read_back = true;
+    let w = World::start(bucket, settings).await;
+    seeded(&w, &small_tree(11)).await;
+    let (first, phase) = w.clone(&spec("first", "vol", "copy-1", false)).await;
+    assert_eq!(phase, Phase::Succeeded, "{}", w.steps(first));
+
+    // One chunk rots, and the bucket damages it again whenever it is stored.
+    let m = w
+        .bucket
+        .read_manifest(&first.to_string(), "vol-files")
+        .await
+        .unwrap();
+    let hex = m.chunks[1].hash.to_hex();
+    let path = chunk_file(bucket_dir.path(), &hex);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[0] ^= 0xFF;
+    std::fs::write(&path, &bytes).unwrap();
+    rot.arm(&format!("ferry/chunks/{}/{hex}", &hex[..2]));
+
+    let (second, phase) = w.clone(&spec("second", "vol", "copy-2", false)).await;
+    assert_eq!(phase, Phase::RolledBack, "{}", w.steps(second));
+    let failures = step_failures(&w, second, "volume/copy-2/files");
+    assert_eq!(
+        failures.len(),
+        2,
+        "found, stored again, found again: {failures:?}"
+    );
+    assert!(failures.iter().all(|f| f.contains(&hex)), "{failures:?}");
+    assert!(
+        failures[1].contains("damaged again") && failures[1].contains("Check the bucket"),
+        "{}",
+        failures[1]
+    );
+    assert_eq!(rot.rotted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_no_leftovers(&w, second).await;
     w.stop().await;
 }
 

@@ -14,10 +14,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// A stored chunk did not decompress, or its BLAKE3 hash or length after
     /// decompression differs from the name it is stored under: the object in
-    /// the bucket is corrupt. Not retryable; the download is refused.
+    /// the bucket is corrupt. Not retryable as it stands: the download is
+    /// refused. An upload of the volume with the chunk in
+    /// [`UploadOptions::rewrite`](crate::UploadOptions::rewrite) stores it
+    /// again from the source ([`Error::damaged_chunk`]).
     #[error(
         "chunk {hash} of volume {volume} failed verification ({reason}); the stored object \
-         is corrupt: delete it and upload the volume again"
+         is corrupt: upload the volume again with the chunk to rewrite"
     )]
     ChunkCorrupt {
         /// The volume whose manifest names the chunk.
@@ -29,10 +32,13 @@ pub enum Error {
     },
 
     /// A manifest names a chunk that is not in the bucket (deleted by hand,
-    /// or by a garbage collection that ran against the rules). Not retryable.
+    /// or by a garbage collection that ran against the rules). Not retryable
+    /// as it stands; an upload with the chunk in
+    /// [`UploadOptions::rewrite`](crate::UploadOptions::rewrite) stores it
+    /// again.
     #[error(
         "chunk {hash} of volume {volume} is missing from the bucket at {path}; upload the \
-         volume again"
+         volume again with the chunk to rewrite"
     )]
     MissingChunk {
         /// The volume whose manifest names the chunk.
@@ -196,6 +202,15 @@ impl Error {
             | Error::InvalidParams(_)
             | Error::Task(_)
             | Error::Internal(_) => false,
+        }
+    }
+
+    /// The chunk a download found damaged in the bucket (corrupt or
+    /// missing): what an upload of the same source can store again.
+    pub fn damaged_chunk(&self) -> Option<ChunkHash> {
+        match self {
+            Error::ChunkCorrupt { hash, .. } | Error::MissingChunk { hash, .. } => Some(*hash),
+            _ => None,
         }
     }
 

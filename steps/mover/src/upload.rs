@@ -1,7 +1,7 @@
 //! Upload: a stream (the stdout of `tar -c`) into deduplicated chunks and a
 //! manifest.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,6 +49,11 @@ pub struct UploadOptions {
     pub gc_wait: Duration,
     /// Manifests larger than this are written with a multipart upload.
     pub multipart_threshold: usize,
+    /// Chunks the bucket holds damaged (a download found them corrupt or
+    /// missing): when the stream yields one, it is stored again, replacing
+    /// the object there, however present it looks. The repaired object
+    /// serves every manifest that names it.
+    pub rewrite: Vec<ChunkHash>,
 }
 
 impl Default for UploadOptions {
@@ -63,6 +68,7 @@ impl Default for UploadOptions {
             lease_ttl: Duration::from_secs(300),
             gc_wait: Duration::from_secs(120),
             multipart_threshold: 8 << 20,
+            rewrite: Vec::new(),
         }
     }
 }
@@ -155,6 +161,9 @@ struct Ctx {
     known: HashMap<ChunkHash, u64>,
     check_existing: bool,
     zstd_level: i32,
+    /// [`UploadOptions::rewrite`], each taken by the first chunk task that
+    /// meets it (a chunk repeated in the stream is stored again once).
+    rewrite: std::sync::Mutex<HashSet<ChunkHash>>,
 }
 
 struct Stored {
@@ -276,6 +285,7 @@ impl Upload {
             known,
             check_existing,
             zstd_level: opts.zstd_level,
+            rewrite: std::sync::Mutex::new(opts.rewrite.iter().copied().collect()),
         });
 
         // The chunker need only stay a little ahead: the chunk tasks hold the rest.
@@ -387,7 +397,8 @@ async fn store_chunk(ctx: &Ctx, raw: RawChunk) -> Result<Stored> {
     let RawChunk { data } = raw;
     let len = data.len() as u64;
     let (hash, data) = crate::task::cpu(move || (ChunkHash::of(&data), data)).await?;
-    if let Some(&stored_len) = ctx.known.get(&hash) {
+    let rewrite = ctx.rewrite.lock().expect("rewrite lock").remove(&hash);
+    if !rewrite && let Some(&stored_len) = ctx.known.get(&hash) {
         return Ok(Stored {
             chunk: ChunkRef {
                 hash,
@@ -398,7 +409,8 @@ async fn store_chunk(ctx: &Ctx, raw: RawChunk) -> Result<Stored> {
         });
     }
     let path = ctx.bucket.chunk_path(&hash);
-    if ctx.check_existing
+    if !rewrite
+        && ctx.check_existing
         && let Some(meta) = ctx.bucket.head_opt(&path).await?
     {
         return Ok(Stored {
@@ -413,7 +425,13 @@ async fn store_chunk(ctx: &Ctx, raw: RawChunk) -> Result<Stored> {
     let level = ctx.zstd_level;
     let (compressed, data) = crate::task::cpu(move || (compress(&data, level), data)).await?;
     let stored_len = compressed.len() as u64;
-    let created = ctx.bucket.put_create(&path, compressed).await?;
+    let created = if rewrite {
+        tracing::info!(chunk = %hash, "storing a damaged chunk again");
+        ctx.bucket.put_overwrite(&path, compressed).await?;
+        true
+    } else {
+        ctx.bucket.put_create(&path, compressed).await?
+    };
     Ok(Stored {
         chunk: ChunkRef {
             hash,

@@ -207,6 +207,18 @@ async fn one_changed_file_uploads_only_the_chunks_around_it() -> anyhow::Result<
 }
 
 async fn small_upload(bucket: &Bucket, volume: &str, len: usize) -> anyhow::Result<Manifest> {
+    Ok(small_upload_rewriting(bucket, volume, len, Vec::new())
+        .await?
+        .manifest)
+}
+
+/// The same generated stream as [`small_upload`], with chunks to rewrite.
+async fn small_upload_rewriting(
+    bucket: &Bucket,
+    volume: &str,
+    len: usize,
+    rewrite: Vec<ferry_mover::ChunkHash>,
+) -> anyhow::Result<ferry_mover::UploadOutcome> {
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(len as u64);
     let data = content(&mut rng, len);
     let opts = UploadOptions {
@@ -215,13 +227,13 @@ async fn small_upload(bucket: &Bucket, volume: &str, len: usize) -> anyhow::Resu
             avg: 64 << 10,
             max: 256 << 10,
         },
+        rewrite,
         ..Default::default()
     };
-    let out = Upload::new(bucket, "run-1", volume)
+    Ok(Upload::new(bucket, "run-1", volume)
         .options(opts)
         .run(std::io::Cursor::new(data))
-        .await?;
-    Ok(out.manifest)
+        .await?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,6 +301,61 @@ async fn a_missing_chunk_is_named() -> anyhow::Result<()> {
         "{err}"
     );
     assert!(err.to_string().contains(&hex));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_chunks_are_stored_again_when_named_for_rewrite() -> anyhow::Result<()> {
+    const LEN: usize = 1 << 20;
+    let tmp = tempfile::tempdir()?;
+    let bucket = file_bucket(&tmp.path().join("bucket"))?;
+    let manifest = small_upload(&bucket, "pgdata", LEN).await?;
+    let mut expected = Vec::new();
+    Download::new(&bucket, &manifest).run(&mut expected).await?;
+    let object = |i: usize| {
+        let hex = manifest.chunks[i].hash.to_hex();
+        tmp.path()
+            .join(format!("bucket/install-1/chunks/{}/{hex}", &hex[..2]))
+    };
+
+    // One chunk rots, another is deleted by hand.
+    let mut stored = fs::read(object(3))?;
+    let n = stored.len();
+    stored[n / 2] ^= 0xFF;
+    fs::write(object(3), stored)?;
+    fs::remove_file(object(1))?;
+
+    let mut damaged = Vec::new();
+    for _ in 0..2 {
+        let err = Download::new(&bucket, &manifest)
+            .run(Vec::new())
+            .await
+            .unwrap_err();
+        let hash = err
+            .damaged_chunk()
+            .ok_or_else(|| anyhow::anyhow!("{err}"))?;
+        assert!(!err.is_retryable(), "{err}");
+        // An upload not told of them stores the missing chunk anew (it is
+        // absent) but keeps the corrupt one (present is all it can see): the
+        // next download meets that one.
+        if damaged.is_empty() {
+            let plain = small_upload_rewriting(&bucket, "pgdata", LEN, Vec::new()).await?;
+            assert_eq!(plain.stats.chunks_uploaded, 1, "the missing one only");
+            assert_eq!(hash, manifest.chunks[1].hash, "the first damaged in order");
+        } else {
+            assert_eq!(hash, manifest.chunks[3].hash);
+        }
+        damaged.push(hash);
+        if damaged.len() == 2 {
+            let again = small_upload_rewriting(&bucket, "pgdata", LEN, damaged.clone()).await?;
+            assert_eq!(again.stats.chunks_uploaded, 2, "{:?}", again.stats);
+            assert_eq!(again.manifest.chunks, manifest.chunks);
+        }
+    }
+    // Every chunk reads back whole, under the first manifest too.
+    let mut out = Vec::new();
+    Download::new(&bucket, &manifest).run(&mut out).await?;
+    assert_eq!(out, expected);
     Ok(())
 }
 

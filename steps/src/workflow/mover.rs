@@ -156,6 +156,11 @@ pub struct MoverOutput {
     /// volume in use); the run ends with a warning naming them.
     #[serde(default)]
     pub source_changed: bool,
+    /// Chunks found damaged in the bucket (corrupt or missing) by an
+    /// earlier attempt and stored again from the source; the run ends with
+    /// a warning naming them.
+    #[serde(default)]
+    pub chunks_repaired: u64,
 }
 
 /// Where a transfer stands, in its checkpoints.
@@ -203,6 +208,13 @@ pub struct MoverCheckpoint {
     /// holds each as it was read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_changed: Option<String>,
+    /// Chunks an attempt's download found damaged in the bucket (corrupt,
+    /// or missing): the next attempts' uploads store them again from the
+    /// source, replacing the objects ([`UploadOptions::rewrite`]). One found
+    /// damaged again after that fails the step for good: the bucket does
+    /// not keep what it is given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repair: Vec<ferry_mover::ChunkHash>,
 }
 
 fn mover_err(e: ferry_mover::Error) -> StepError {
@@ -823,6 +835,10 @@ impl Step for MoverVolumeStep {
         let resumed = ctx
             .checkpoint::<MoverCheckpoint>()
             .filter(|cp| cp.upload.run == run && cp.upload.volume == volume);
+        let repair = resumed
+            .as_ref()
+            .map(|cp| cp.repair.clone())
+            .unwrap_or_default();
 
         // An earlier attempt stored the whole stream: its manifest is
         // reused, and the source is not read again.
@@ -853,6 +869,7 @@ impl Step for MoverVolumeStep {
                 };
                 ctx.save_checkpoint(&last, true).await?;
                 let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                let damaged = std::sync::OnceLock::new();
                 let downloading = async {
                     let d = ferry_mover::Download::new(bucket, &manifest)
                         .options(self.env.mover.download.clone())
@@ -861,6 +878,7 @@ impl Step for MoverVolumeStep {
                         })
                         .run(stdin)
                         .await;
+                    note_damage(&damaged, &d);
                     untar.finish(d, &self.env.mover_image).await
                 };
                 let recording = async {
@@ -870,10 +888,15 @@ impl Step for MoverVolumeStep {
                     }
                     Ok::<(), StepError>(())
                 };
-                let (downloaded, ()) = tokio::select! {
-                    r = async { tokio::try_join!(downloading, recording) } => r?,
+                let (downloaded, recorded) = tokio::select! {
+                    r = async { tokio::join!(downloading, recording) } => r,
                     _ = ctx.cancellation().cancelled() => return Err(StepError::cancelled()),
                 };
+                let downloaded = match (downloaded, damaged.get()) {
+                    (Err(e), Some(&hash)) => return Err(store_again(ctx, &mut last, hash, e).await),
+                    (d, _) => d?,
+                };
+                recorded?;
                 (
                     last.upload.stats,
                     downloaded,
@@ -912,6 +935,18 @@ impl Step for MoverVolumeStep {
             &ferry_name(&short, &format!("down-{}", input.pvc)),
         )
         .await?;
+        if !repair.is_empty() {
+            let names: Vec<String> = repair.iter().map(|h| h.to_string()).collect();
+            ctx.warn(format!(
+                "volume {}/{}: the bucket held {} chunk(s) damaged (corrupt or missing): {}; \
+                 ferry stored them again from the source, for this clone and any other that \
+                 names them. If this recurs, check the bucket's storage",
+                input.source_namespace,
+                input.pvc,
+                repair.len(),
+                names.join(", ")
+            ));
+        }
         if let Some(files) = &changed {
             ctx.warn(format!(
                 "volume {}/{}: files changed while tar read them (a live copy of a volume in use), \
@@ -930,6 +965,7 @@ impl Step for MoverVolumeStep {
             bytes_fetched: downloaded.bytes_fetched,
             chunks_handed: downloaded.chunks_handed,
             source_changed: changed.is_some(),
+            chunks_repaired: repair.len() as u64,
         })
     }
 
@@ -977,6 +1013,47 @@ impl Step for MoverVolumeStep {
         }
         Ok(())
     }
+}
+
+/// Keeps the chunk a failed download found damaged in the bucket.
+fn note_damage(
+    damaged: &std::sync::OnceLock<ferry_mover::ChunkHash>,
+    downloaded: &ferry_mover::Result<ferry_mover::DownloadStats>,
+) {
+    if let Some(hash) = downloaded.as_ref().err().and_then(|e| e.damaged_chunk()) {
+        let _ = damaged.set(hash);
+    }
+}
+
+/// A download found chunk `hash` damaged in the bucket (corrupt or missing),
+/// failing with `err`. Only the source has its bytes: the next attempt
+/// uploads again (the phase back to upload, the chunk in
+/// [`MoverCheckpoint::repair`]), storing it afresh over the bad object, and
+/// the rest of the stream is found stored. A chunk an earlier attempt stored
+/// again and that is found damaged again fails the step for good.
+async fn store_again(
+    ctx: &StepCtx,
+    last: &mut MoverCheckpoint,
+    hash: ferry_mover::ChunkHash,
+    err: StepError,
+) -> StepError {
+    if last.repair.contains(&hash) {
+        return StepError::permanent(format!(
+            "{}; an earlier attempt stored chunk {hash} again from the source and it is damaged \
+             again: the bucket does not keep what it is given. Check the bucket's storage before \
+             cloning through it again",
+            err.message
+        ));
+    }
+    last.repair.push(hash);
+    last.phase = MoverPhase::Upload;
+    if let Err(e) = ctx.save_checkpoint(last, true).await {
+        return e;
+    }
+    StepError::retryable(format!(
+        "{}; the next attempt stores the chunk again from the source",
+        err.message
+    ))
 }
 
 /// A transfer permit, held until the step's transfer ends.
@@ -1170,6 +1247,10 @@ impl MoverVolumeStep {
         // 2. The volume's size, for progress; recorded before the transfer
         // queues, keeping what an earlier attempt stored.
         let expected_bytes = measure(&pods, &up).await;
+        let repair = resumed
+            .as_ref()
+            .map(|cp| cp.repair.clone())
+            .unwrap_or_default();
         let mut last = MoverCheckpoint {
             upload: resumed
                 .as_ref()
@@ -1186,6 +1267,7 @@ impl MoverVolumeStep {
             phase: MoverPhase::Upload,
             bytes_downloaded: 0,
             source_changed: None,
+            repair: repair.clone(),
         };
         ctx.save_checkpoint(&last, true).await?;
         let _permit = self.permit(ctx).await?;
@@ -1230,6 +1312,7 @@ impl MoverVolumeStep {
         let mut upload = ferry_mover::Upload::new(bucket, &run, &volume)
             .options(UploadOptions {
                 base_manifests: Vec::new(),
+                rewrite: repair,
                 ..self.env.mover.upload.clone()
             })
             .on_checkpoint({
@@ -1274,6 +1357,7 @@ impl MoverVolumeStep {
                 Ok::<UploadStats, StepError>(out.stats)
             }
         };
+        let damaged = std::sync::OnceLock::new();
         let downloading = {
             let tx = report_tx;
             async {
@@ -1284,6 +1368,7 @@ impl MoverVolumeStep {
                     })
                     .run(stdin, async { hash_rx.await.ok() })
                     .await;
+                note_damage(&damaged, &d);
                 untar.finish(d, &self.env.mover_image).await
             }
         };
@@ -1318,6 +1403,12 @@ impl MoverVolumeStep {
         let (up, down, recorded) = tokio::select! {
             r = transfer => r,
             _ = ctx.cancellation().cancelled() => return Err(StepError::cancelled()),
+        };
+        // A damaged chunk is recorded for the next attempt even when the
+        // upload failed too.
+        let down = match (down, damaged.get()) {
+            (Err(e), Some(&hash)) => Err(store_again(ctx, &mut last, hash, e).await),
+            (d, _) => d,
         };
         let up_stats = up?;
         let downloaded = down?;
@@ -1414,8 +1505,22 @@ mod tests {
         assert_eq!(v["bytes_downloaded"], 7);
         assert_eq!(v["bytes_done"], 10);
         assert_eq!(v["stats"]["bytes_read"], 10);
+        assert!(v.get("repair").is_none(), "written only when there is one");
         let up: UploadCheckpoint = serde_json::from_value(v.clone()).unwrap();
         assert_eq!(up, cp.upload);
         assert_eq!(serde_json::from_value::<MoverCheckpoint>(v).unwrap(), new);
+        let repairing = MoverCheckpoint {
+            repair: vec![ferry_mover::ChunkHash::of(b"chunk")],
+            ..new
+        };
+        let v = serde_json::to_value(&repairing).unwrap();
+        assert_eq!(
+            v["repair"][0],
+            ferry_mover::ChunkHash::of(b"chunk").to_hex()
+        );
+        assert_eq!(
+            serde_json::from_value::<MoverCheckpoint>(v).unwrap(),
+            repairing
+        );
     }
 }

@@ -589,3 +589,64 @@ impl ObjectStore for GateStore {
         copy_opts
     );
 }
+
+/// Stores every put to one armed path with a byte flipped (a bucket that
+/// damages what it is given); forwards everything else.
+#[derive(Debug)]
+pub struct RotStore {
+    pub inner: Arc<dyn ObjectStore>,
+    pub target: Mutex<Option<String>>,
+    pub rotted: AtomicU64,
+}
+
+impl RotStore {
+    pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
+        RotStore {
+            inner,
+            target: Mutex::new(None),
+            rotted: AtomicU64::new(0),
+        }
+    }
+
+    /// Damages the puts to `path` (relative to the store) from now on.
+    pub fn arm(&self, path: &str) {
+        *self.target.lock().unwrap() = Some(path.to_string());
+    }
+}
+
+impl fmt::Display for RotStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Rot({})", self.inner)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for RotStore {
+    async fn put_opts(
+        &self,
+        location: &ObjPath,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        let armed = self.target.lock().unwrap().as_deref() == Some(location.as_ref());
+        let payload = if armed {
+            let mut bytes = bytes::Bytes::from(payload).to_vec();
+            if let Some(b) = bytes.get_mut(0) {
+                *b ^= 0xFF;
+            }
+            self.rotted.fetch_add(1, Ordering::SeqCst);
+            PutPayload::from(bytes)
+        } else {
+            payload
+        };
+        self.inner.put_opts(location, payload, opts).await
+    }
+    forward!(
+        put_multipart_opts,
+        get_opts,
+        delete_stream,
+        list,
+        list_with_delimiter,
+        copy_opts
+    );
+}
