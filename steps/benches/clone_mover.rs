@@ -10,8 +10,11 @@
 //! afresh for each size. The volume is on `efs` (no snapshots), so it is
 //! read live: the simulator's snapshot is a full copy, where a real CSI
 //! snapshot costs nothing. After the clone an unchanged second clone (new
-//! name, new destination namespace) measures what a re-clone uploads, and
-//! the destination is compared with the source on every attribute.
+//! name, new destination namespace) measures what a re-clone uploads; then
+//! the first clone runs again, into an empty bucket through a second
+//! engine, and the faster of the two first clones counts, as the faster of
+//! the pipe's two runs does. Both destinations are compared with the
+//! source on every attribute.
 //!
 //! Both contenders start from a synced page cache and are timed until
 //! their data is on disk (`sync` included): without it, whether 1 GiB of
@@ -207,64 +210,99 @@ fn step_phases(engine: &ferry_engine::Engine, run: ferry_store::RunId, id: &str)
     [first - start, stored - first, end - stored].map(|ms| ms as f64 / 1000.0)
 }
 
-/// Child: the clone, then an unchanged re-clone; prints one line of numbers.
-async fn child_clone(work: PathBuf, prod: PathBuf, staging: PathBuf, sim_pids: [String; 2]) {
-    let bucket = file_bucket(&work.join("bucket"));
-    let engine = engine(
-        ferry_steps::cluster::Clusters::from_paths(&[prod, staging]).unwrap(),
-        bucket,
-        MoverSettings::default(),
-        &work.join("state"),
-    );
-    let mut results = Vec::new();
-    for (i, dst_ns) in ["bench-1", "bench-2"].iter().enumerate() {
-        sync();
-        let c0 = cpu_s();
-        let sims0 = sim_pids.clone().map(|p| proc_cpu_s(&p, true));
-        let t = Instant::now();
-        let run = engine
-            .submit(
-                CloneWorkflow::submission(&spec(&format!("bench-{i}"), NS, dst_ns, false)).unwrap(),
-            )
-            .await
-            .unwrap();
-        let phase = engine.wait(run).await.unwrap();
-        let copied = t.elapsed().as_secs_f64();
-        let sims_cpu: Vec<f64> = sim_pids
-            .iter()
-            .zip(sims0)
-            .map(|(p, c)| proc_cpu_s(p, true) - c)
-            .collect();
-        sync();
-        let secs = t.elapsed().as_secs_f64();
-        assert_eq!(phase, Phase::Succeeded);
-        let step = format!("volume/{dst_ns}/{PVC}");
-        let out: MoverOutput = engine.load(run).unwrap().steps[&ferry_engine::StepId(step.clone())]
-            .output
-            .as_ref()
-            .unwrap()
-            .decode()
-            .unwrap();
-        results.push((
-            (secs, copied),
-            step_phases(&engine, run, &step),
-            out,
-            cpu_s() - c0,
-            hwm_kib(None),
-            sims_cpu,
-        ));
+/// What one timed clone gave.
+struct Sample {
+    /// Until synced, and until copied (seconds).
+    secs: f64,
+    copied: f64,
+    /// [`step_phases`] of its volume step.
+    phases: [f64; 3],
+    out: MoverOutput,
+    /// Ferry's CPU seconds, and each simulator's with its `tar`s.
+    cpu: f64,
+    sims_cpu: Vec<f64>,
+}
+
+/// One clone of the bench volume into `dst_ns`, timed from a synced page
+/// cache until its data is on disk.
+async fn timed_clone(
+    engine: &ferry_engine::Engine,
+    dst_ns: &str,
+    sim_pids: &[String; 2],
+) -> Sample {
+    sync();
+    let c0 = cpu_s();
+    let sims0 = sim_pids.clone().map(|p| proc_cpu_s(&p, true));
+    let t = Instant::now();
+    let run = engine
+        .submit(CloneWorkflow::submission(&spec(dst_ns, NS, dst_ns, false)).unwrap())
+        .await
+        .unwrap();
+    let phase = engine.wait(run).await.unwrap();
+    let copied = t.elapsed().as_secs_f64();
+    let sims_cpu: Vec<f64> = sim_pids
+        .iter()
+        .zip(sims0)
+        .map(|(p, c)| proc_cpu_s(p, true) - c)
+        .collect();
+    sync();
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(phase, Phase::Succeeded);
+    let step = format!("volume/{dst_ns}/{PVC}");
+    let out: MoverOutput = engine.load(run).unwrap().steps[&ferry_engine::StepId(step.clone())]
+        .output
+        .as_ref()
+        .unwrap()
+        .decode()
+        .unwrap();
+    Sample {
+        secs,
+        copied,
+        phases: step_phases(engine, run, &step),
+        out,
+        cpu: cpu_s() - c0,
+        sims_cpu,
     }
-    let ((clone_s, copied_s), [setup_s, up_s, down_s], out, cpu, hwm, sims_cpu) = &results[0];
-    let ((reclone_s, _), _, again, _, hwm_all, _) = &results[1];
+}
+
+/// Child: the clone, an unchanged re-clone, and the clone again into an
+/// empty bucket (the faster of the two first clones counts, as the faster
+/// of the pipe's two runs does); prints one line of numbers.
+async fn child_clone(work: PathBuf, prod: PathBuf, staging: PathBuf, sim_pids: [String; 2]) {
+    let clusters =
+        || ferry_steps::cluster::Clusters::from_paths(&[prod.clone(), staging.clone()]).unwrap();
+    let engine_in = |name: &str| {
+        engine(
+            clusters(),
+            file_bucket(&work.join(format!("bucket-{name}"))),
+            MoverSettings::default(),
+            &work.join(format!("state-{name}")),
+        )
+    };
+    let first = engine_in("a");
+    let a = timed_clone(&first, "bench-1", &sim_pids).await;
+    let hwm = hwm_kib(None);
+    let again = timed_clone(&first, "bench-2", &sim_pids).await;
+    let hwm_all = hwm_kib(None);
+    drop(first);
+    let b = timed_clone(&engine_in("b"), "bench-3", &sim_pids).await;
+    let best = if a.secs <= b.secs { &a } else { &b };
+    let [setup_s, up_s, down_s] = best.phases;
     println!(
-        "RESULT stream={} expected={} chunks={} uploaded={} clone_s={clone_s:.3} copied_s={copied_s:.3} setup_s={setup_s:.3} up_s={up_s:.3} down_s={down_s:.3} cpu_s={cpu:.2} src_cpu_s={:.2} dst_cpu_s={:.2} hwm_kib={hwm} reclone_s={reclone_s:.3} reclone_uploaded={} hwm_all_kib={hwm_all}",
-        out.bytes,
-        out.expected_bytes.unwrap_or(0),
-        out.chunks,
-        out.bytes_uploaded,
-        sims_cpu[0],
-        sims_cpu[1],
-        again.bytes_uploaded,
+        "RESULT stream={} expected={} chunks={} uploaded={} clone_s={:.3} clone_a_s={:.3} clone_b_s={:.3} copied_s={:.3} setup_s={setup_s:.3} up_s={up_s:.3} down_s={down_s:.3} cpu_s={:.2} src_cpu_s={:.2} dst_cpu_s={:.2} hwm_kib={hwm} reclone_s={:.3} reclone_uploaded={} hwm_all_kib={hwm_all}",
+        best.out.bytes,
+        best.out.expected_bytes.unwrap_or(0),
+        best.out.chunks,
+        best.out.bytes_uploaded,
+        best.secs,
+        a.secs,
+        b.secs,
+        best.copied,
+        best.cpu,
+        best.sims_cpu[0],
+        best.sims_cpu[1],
+        again.secs,
+        again.out.bytes_uploaded,
     );
 }
 
@@ -332,14 +370,16 @@ fn run_size(work: &Path, size: u64) -> (f64, f64, f64, f64) {
         .find(|l| l.starts_with("RESULT "))
         .expect("a RESULT line")
         .to_string();
-    let dst = rt.block_on(async {
-        let c = clusters_from(&[&staging.kubeconfig])
-            .get("staging")
-            .await
-            .unwrap();
-        pv_dir(&c, "bench-1", PVC).await
-    });
-    compare_trees(&vol, &dst).expect("the clone equals its source");
+    for dst_ns in ["bench-1", "bench-3"] {
+        let dst = rt.block_on(async {
+            let c = clusters_from(&[&staging.kubeconfig])
+                .get("staging")
+                .await
+                .unwrap();
+            pv_dir(&c, dst_ns, PVC).await
+        });
+        compare_trees(&vol, &dst).expect("the clone equals its source");
+    }
     let ((sim_src_kib, sim_src_cpu), (sim_dst_kib, sim_dst_cpu)) = (prod.stop(), staging.stop());
     // The pipe again, after the clone, on the file system as the clone found
     // it; the faster of the two runs counts (the conservative choice).
@@ -356,7 +396,7 @@ fn run_size(work: &Path, size: u64) -> (f64, f64, f64, f64) {
     let hwm = field(&line, "hwm_kib");
     let reup = field(&line, "reclone_uploaded") / stream;
     println!(
-        "size={}MiB stream={:.0}MB du={:.0}MB chunks={} tar_pipe={:.0}MB/s (before the clone {:.0}MB/s, after {:.0}MB/s; {:.0}MB/s until copied, not synced) clone={:.0}MB/s ({clone_s:.2}s; {:.0}MB/s until copied, not synced: mover setup {:.2}s, upload with the download following {up_s:.2}s ({:.0}MB/s), rest of the download {down_s:.2}s; ferry cpu {:.2}s) stored/stream={:.3} reclone={:.0}MB/s reclone_uploaded_fraction={:.5} clone_peak_rss={:.1}MiB (after the re-clone {:.1}MiB; sims {:.0}/{:.0}MiB, cpu with their tars over both clones {:.2}s/{:.2}s)",
+        "size={}MiB stream={:.0}MB du={:.0}MB chunks={} tar_pipe={:.0}MB/s (before the clone {:.0}MB/s, after {:.0}MB/s; {:.0}MB/s until copied, not synced) clone={:.0}MB/s (first {:.0}MB/s, into an empty bucket again {:.0}MB/s; {clone_s:.2}s; {:.0}MB/s until copied, not synced: mover setup {:.2}s, upload with the download following {up_s:.2}s ({:.0}MB/s), rest of the download {down_s:.2}s; ferry cpu {:.2}s) stored/stream={:.3} reclone={:.0}MB/s reclone_uploaded_fraction={:.5} clone_peak_rss={:.1}MiB (after the re-clone {:.1}MiB; sims {:.0}/{:.0}MiB, cpu with their tars over the three clones {:.2}s/{:.2}s)",
         size / MIB,
         stream / 1e6,
         field(&line, "expected") / 1e6,
@@ -366,6 +406,8 @@ fn run_size(work: &Path, size: u64) -> (f64, f64, f64, f64) {
         stream / pipe_after.1 / 1e6,
         stream / pipe_copied_s / 1e6,
         stream / clone_s / 1e6,
+        stream / field(&line, "clone_a_s") / 1e6,
+        stream / field(&line, "clone_b_s") / 1e6,
         stream / field(&line, "copied_s") / 1e6,
         field(&line, "setup_s"),
         stream / up_s / 1e6,
