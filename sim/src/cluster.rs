@@ -85,6 +85,11 @@ pub struct SimOptions {
     /// cluster starts with, replacing
     /// [`storage::default_objects`](crate::storage::default_objects) when set.
     pub cluster_objects: Option<Vec<serde_json::Value>>,
+    /// The PodSecurity level enforced in namespaces without a
+    /// `pod-security.kubernetes.io/enforce` label, as an API server's
+    /// `PodSecurity` admission configuration sets it cluster-wide
+    /// (`defaults.enforce`); `None` is `privileged`.
+    pub pod_security_default: Option<String>,
 }
 
 impl Default for SimOptions {
@@ -100,6 +105,7 @@ impl Default for SimOptions {
             faults: FaultConfig::default(),
             pod_ready_delay: Duration::from_millis(100),
             cluster_objects: None,
+            pod_security_default: None,
         }
     }
 }
@@ -204,6 +210,7 @@ impl SimCluster {
 
         let mut state = State::new(opts.event_history);
         state.runtime.pod_ready_delay = opts.pod_ready_delay;
+        state.runtime.pod_security_default = opts.pod_security_default.clone();
         state.runtime.data_dir = data_dir.clone();
         let state = Arc::new(state);
         bootstrap(&state, opts.cluster_objects.as_deref());

@@ -35,6 +35,8 @@ pub struct Runtime {
     pub next_pod_ip: AtomicU32,
     /// Next NodePort.
     pub next_node_port: AtomicU32,
+    /// [`SimOptions::pod_security_default`](crate::SimOptions::pod_security_default).
+    pub pod_security_default: Option<String>,
 }
 
 impl Default for Runtime {
@@ -45,6 +47,7 @@ impl Default for Runtime {
             runnable_since: Mutex::new(HashMap::new()),
             next_pod_ip: AtomicU32::new(10),
             next_node_port: AtomicU32::new(30000),
+            pod_security_default: None,
         }
     }
 }

@@ -46,6 +46,8 @@
 //! - [`resources`]: the served resource table (built-ins and CRDs).
 //! - [`discovery`]: `/version`, `/api`, `/apis`, aggregated discovery, OpenAPI.
 //! - [`patch`]: merge, JSON, strategic merge and apply merges.
+//! - [`podsecurity`]: Pod Security Admission for pod creates, from the
+//!   namespace's `pod-security.kubernetes.io/enforce` label.
 //! - [`selector`], [`validation`], [`status`] (metav1.Status errors),
 //!   [`faults`], [`protobuf`] (kubectl 1.32+ imperative create bodies).
 
@@ -58,6 +60,7 @@ mod exec;
 pub mod faults;
 pub mod objects;
 pub mod patch;
+pub mod podsecurity;
 pub mod protobuf;
 pub mod resources;
 pub mod selector;

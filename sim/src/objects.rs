@@ -643,6 +643,15 @@ impl State {
         if info.namespaced {
             self.admit_namespace(txn, info, &name, ns)?;
         }
+        if info.group.is_empty() && info.plural == "pods" {
+            let labels = txn
+                .get(&ns_gr(), "", ns)
+                .and_then(|n| n.pointer("/metadata/labels").cloned());
+            let default = self.runtime.pod_security_default.as_deref();
+            if let Some(why) = crate::podsecurity::refusal(labels.as_ref(), default, &obj) {
+                return Err(ApiError::forbidden(info, &name, &why));
+            }
+        }
         if name.is_empty() {
             return Err(ApiError::invalid(
                 info,

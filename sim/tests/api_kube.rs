@@ -1278,3 +1278,54 @@ async fn metadata_only_requests() -> Result<()> {
     c.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn pod_security_admission_refuses_pods_the_namespace_level_forbids() -> Result<()> {
+    use k8s_openapi::api::core::v1::Pod;
+    let c = start().await;
+    let client = c.client()?;
+    let nss: Api<Namespace> = Api::all(client.clone());
+    for (ns, level) in [("locked", "restricted"), ("base", "baseline")] {
+        nss.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns,
+                "labels": {"pod-security.kubernetes.io/enforce": level}}}))?,
+        )
+        .await?;
+    }
+    let root: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "root"},
+        "spec": {"containers": [{"name": "tar", "image": "debian:12-slim"}]}
+    }))?;
+
+    let locked: Api<Pod> = Api::namespaced(client.clone(), "locked");
+    let e = api_err(
+        locked
+            .create(&PostParams::default(), &root)
+            .await
+            .unwrap_err(),
+    );
+    assert!(e.is_forbidden());
+    assert!(
+        e.message.starts_with(
+            "pods \"root\" is forbidden: violates PodSecurity \"restricted:latest\": allowPrivilegeEscalation != false (container \"tar\" must set securityContext.allowPrivilegeEscalation=false)"
+        ),
+        "{}",
+        e.message
+    );
+    assert!(locked.get_opt("root").await?.is_none());
+    assert_eq!(c.create_count("Pod", "locked", "root"), 0);
+
+    // Baseline admits a root pod; restricted one that runs as non-root.
+    let base: Api<Pod> = Api::namespaced(client.clone(), "base");
+    base.create(&PostParams::default(), &root).await?;
+    let mut hardened = root.clone();
+    hardened.spec.as_mut().unwrap().containers[0].security_context =
+        Some(serde_json::from_value(json!({
+            "allowPrivilegeEscalation": false, "runAsNonRoot": true,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}
+        }))?);
+    locked.create(&PostParams::default(), &hardened).await?;
+    c.stop().await;
+    Ok(())
+}

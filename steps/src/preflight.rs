@@ -172,6 +172,9 @@ pub enum Rule {
     ClusterObjectExists,
     /// A dependency is neither carried nor on the destination.
     MissingDependency,
+    /// A volume goes through the mover, whose pods run `tar` as root, in a
+    /// namespace whose PodSecurity level forbids root pods (`restricted`).
+    MoverPodForbidden,
 }
 
 impl fmt::Display for Rule {
@@ -395,6 +398,7 @@ pub fn preflight(
         c.report.volumes.push(v);
     }
     check_bucket(&mut c);
+    check_pod_security(&mut c);
     check_cluster_objects(&mut c);
     check_dependencies(&mut c);
     warn_hazards(&mut c);
@@ -732,6 +736,53 @@ fn check_bucket(c: &mut Checker<'_>) {
                 "pass --bucket NAME, or set default_bucket in the config",
             );
         }
+    }
+}
+
+/// The namespace label that sets the PodSecurity level the API server
+/// enforces on pods there.
+pub const POD_SECURITY_ENFORCE_LABEL: &str = "pod-security.kubernetes.io/enforce";
+
+/// Mover pods run `tar` as root (to read every file and keep owners), with
+/// privilege escalation off and the runtime's default seccomp profile:
+/// PodSecurity `baseline` admits them, `restricted` (non-root only) does
+/// not. A source namespace enforcing `restricted` refuses them, and so does
+/// its copy, which carries the source's labels.
+fn check_pod_security(c: &mut Checker<'_>) {
+    let mut movers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for v in &c.report.volumes {
+        if v.path.is_some_and(CopyPath::uses_mover) {
+            movers
+                .entry(v.source_namespace.clone())
+                .or_default()
+                .push(v.pvc.clone());
+        }
+    }
+    for (ns, pvcs) in movers {
+        let level = c
+            .inv
+            .namespaces
+            .get(&ns)
+            .and_then(|n| n.namespace.as_ref())
+            .and_then(|n| n.pointer("/metadata/labels"))
+            .and_then(|l| l.get(POD_SECURITY_ENFORCE_LABEL))
+            .and_then(Value::as_str);
+        if level != Some("restricted") {
+            continue;
+        }
+        let source = c.spec.source_context.clone();
+        let dst = c.spec.destination_of(&ns).unwrap_or_else(|| ns.clone());
+        c.refuse(
+            format!("Namespace {ns}"),
+            Rule::MoverPodForbidden,
+            format!(
+                "namespace {ns} enforces PodSecurity \"restricted\" ({POD_SECURITY_ENFORCE_LABEL}), and its copy {dst} would too; volume(s) {} go through the data mover, whose pods run tar as root to read every file and keep owners, which \"restricted\" forbids",
+                pvcs.join(", ")
+            ),
+            format!(
+                "lower the level to baseline for the clone (kubectl --context {source} label namespace {ns} {POD_SECURITY_ENFORCE_LABEL}=baseline --overwrite; the copy takes the label as it is then) and raise it again on both afterwards, or keep these volumes on a storage class that can snapshot in the same cluster"
+            ),
+        );
     }
 }
 

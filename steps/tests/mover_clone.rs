@@ -708,3 +708,93 @@ async fn a_live_copy_of_a_volume_in_use_succeeds_with_a_warning_naming_the_chang
     compare_trees(&dir, &dst).unwrap();
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mover_pods_meet_pod_security_baseline_and_restricted_is_refused_before_anything_is_made() {
+    let bucket_dir = tempfile::tempdir().unwrap();
+    let w = World::start(file_bucket(bucket_dir.path()), small_chunk_settings(4)).await;
+    let dir = seeded(&w, &small_tree(12)).await;
+    let src = w.source().await;
+    let level = |level: &str| {
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: vol, labels: {{pod-security.kubernetes.io/enforce: {level}}}}}\n"
+        )
+    };
+
+    // restricted: mover pods (root) cannot run there, nor in the copy,
+    // which carries the label. Refused by preflight, nothing written.
+    apply_yaml(&src, &level("restricted")).await;
+    w.src.settle().await;
+    w.dst.settle().await;
+    let (src_rv, dst_rv) = (w.src.resource_version(), w.dst.resource_version());
+    let (run, phase) = w.clone(&spec("locked", "vol", "vol-locked", false)).await;
+    assert_eq!(phase, Phase::Refused, "{}", w.steps(run));
+    let refusals = w.engine.load(run).unwrap().refusals;
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    let text = refusals[0].to_string();
+    assert!(
+        text.contains("Namespace vol")
+            && text.contains("mover-pod-forbidden")
+            && text.contains("files")
+            && text.contains("enforce=baseline"),
+        "{text}"
+    );
+    assert_eq!(
+        (w.src.resource_version(), w.dst.resource_version()),
+        (src_rv, dst_rv),
+        "nothing written"
+    );
+
+    // baseline: the mover pods are admitted on both sides.
+    apply_yaml(&src, &level("baseline")).await;
+    let (run, phase) = w.clone(&spec("based", "vol", "vol-based", false)).await;
+    assert_eq!(phase, Phase::Succeeded, "{}", w.steps(run));
+    compare_trees(&dir, &w.dst_pv("vol-based", "files").await).unwrap();
+    let copy = w
+        .destination()
+        .await
+        .get("v1", "Namespace", None, "vol-based")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        copy["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "baseline"
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_wide_restricted_level_fails_the_mover_step_at_once_naming_the_fix() {
+    // The destination's API server enforces restricted by default, which
+    // no namespace label shows to preflight.
+    let dst = ferry_sim::SimCluster::start(ferry_sim::SimOptions {
+        name: "staging".into(),
+        pod_security_default: Some("restricted".into()),
+        ..ferry_sim::SimOptions::default()
+    })
+    .await
+    .unwrap();
+    let bucket_dir = tempfile::tempdir().unwrap();
+    let w = World::with_sims(
+        sim("prod", None).await,
+        dst,
+        file_bucket(bucket_dir.path()),
+        small_chunk_settings(4),
+        ferry_steps::workflow::DEFAULT_MOVER_IMAGE,
+    );
+    seeded(&w, &small_tree(13)).await;
+    let (run, phase) = w.clone(&spec("late", "vol", "vol-late", false)).await;
+    assert_eq!(phase, Phase::RolledBack, "{}", w.steps(run));
+    let failures = step_failures(&w, run, "volume/vol-late/files");
+    assert_eq!(failures.len(), 1, "permanent, not retried: {failures:?}");
+    assert!(
+        failures[0].contains("violates PodSecurity \"restricted:latest\"")
+            && failures[0].contains("runs tar as root")
+            && failures[0].contains("pod-security.kubernetes.io/enforce=baseline"),
+        "{}",
+        failures[0]
+    );
+    assert_no_leftovers(&w, run).await;
+    w.stop().await;
+}

@@ -552,3 +552,47 @@ fn config_from_settings_checks_the_default_bucket_and_expressions() {
             .is_err()
     );
 }
+
+#[test]
+fn refuses_the_mover_in_a_namespace_that_enforces_restricted_pod_security() {
+    use ferry_steps::preflight::POD_SECURITY_ENFORCE_LABEL;
+    let cfg = PreflightConfig {
+        mover_available: true,
+        ..config()
+    };
+    let with_level = |spec: &CloneSpec, level: &str| {
+        let mut objs = source_objects();
+        for o in &mut objs {
+            if o["kind"] == "Namespace" && o["metadata"]["name"] == "shop" {
+                o["metadata"]["labels"][POD_SECURITY_ENFORCE_LABEL] = json!(level);
+            }
+        }
+        let inv = Inventory::build(spec, objs).unwrap();
+        preflight(spec, &inv, &same_cluster_facts(), &cfg)
+    };
+    // data-db-0 goes through the mover (another driver), uploads in place.
+    let mut spec = in_cluster_spec();
+    map_class(&mut spec, "fast", "gp3");
+    let r = with_level(&spec, "restricted");
+    assert_eq!(rules(&r), vec![Rule::MoverPodForbidden]);
+    let x = &r.refusals[0];
+    assert_eq!(x.object, "Namespace shop");
+    assert!(
+        x.message.contains("\"restricted\"")
+            && x.message.contains("data-db-0")
+            && !x.message.contains("uploads"),
+        "{x}"
+    );
+    assert!(
+        x.fix.contains(
+            "label namespace shop pod-security.kubernetes.io/enforce=baseline --overwrite"
+        ),
+        "{x}"
+    );
+    // Baseline admits mover pods; without the mover, restricted is no matter.
+    assert_eq!(with_level(&spec, "baseline").refusals, vec![]);
+    assert_eq!(
+        with_level(&in_cluster_spec(), "restricted").refusals,
+        vec![]
+    );
+}

@@ -217,6 +217,24 @@ pub struct MoverCheckpoint {
     pub repair: Vec<ferry_mover::ChunkHash>,
 }
 
+/// Creates a mover pod. The API server's PodSecurity admission may refuse
+/// it where preflight saw no `restricted` label (a cluster-wide default
+/// level): the refusal then names the rule and the fix.
+async fn create_mover_pod(cluster: &Cluster, pod: &Value, run: &str) -> Result<(), StepError> {
+    match create_owned(cluster, pod, run).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.message.contains("violates PodSecurity") => Err(StepError::permanent(format!(
+            "{}; ferry's mover pod runs tar as root, to read every file and keep owners, with \
+             privilege escalation off and the runtime's default seccomp profile (PodSecurity \
+             \"baseline\"): let the namespace admit it for the clone (label it \
+             {}=baseline, or exempt ferry's user in the API server's PodSecurity configuration)",
+            e.message,
+            crate::preflight::POD_SECURITY_ENFORCE_LABEL
+        ))),
+        Err(e) => Err(e),
+    }
+}
+
 fn mover_err(e: ferry_mover::Error) -> StepError {
     if e.is_retryable() {
         StepError::retryable(e.to_string())
@@ -232,6 +250,10 @@ fn pod(name: &str, ns: &str, run: &str, image: &str, claim: &str, read_only: boo
         "spec": {
             "restartPolicy": "Never",
             "containers": [{"name": "mover", "image": image, "command": ["sleep", "86400"],
+                // Root, for tar to read every file and keep owners; nothing
+                // more: what PodSecurity `baseline` and most policies ask.
+                "securityContext": {"allowPrivilegeEscalation": false,
+                    "seccompProfile": {"type": "RuntimeDefault"}},
                 "volumeMounts": [{"name": "data", "mountPath": MOUNT, "readOnly": read_only}]}],
             "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}],
         },
@@ -1143,7 +1165,7 @@ impl MoverVolumeStep {
         }
         create_owned(dest, &pvc, &run).await?;
         let down = ferry_name(&short, &format!("down-{}", input.pvc));
-        create_owned(
+        create_mover_pod(
             dest,
             &pod(
                 &down,
@@ -1228,7 +1250,7 @@ impl MoverVolumeStep {
             }
         };
         let up = ferry_name(&short, &format!("up-{}", input.pvc));
-        create_owned(
+        create_mover_pod(
             source,
             &pod(
                 &up,

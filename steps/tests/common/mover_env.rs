@@ -226,8 +226,20 @@ impl World {
 
     /// [`World::start`], with mover pods of `image`.
     pub async fn start_with_image(bucket: Bucket, mover: MoverSettings, image: &str) -> World {
-        let tmp = tempfile::tempdir().unwrap();
         let (src, dst) = (sim("prod", None).await, sim("staging", None).await);
+        Self::with_sims(src, dst, bucket, mover, image)
+    }
+
+    /// [`World::start`] over the given source (`prod`) and destination
+    /// (`staging`) simulators.
+    pub fn with_sims(
+        src: SimCluster,
+        dst: SimCluster,
+        bucket: Bucket,
+        mover: MoverSettings,
+        image: &str,
+    ) -> World {
+        let tmp = tempfile::tempdir().unwrap();
         let engine = engine_with_image(
             clusters(&[&src, &dst]),
             bucket.clone(),
