@@ -9,7 +9,9 @@
 //!   `<template>-<sts>-<ordinal>` from `volumeClaimTemplates`, and roll
 //!   template changes from the highest ordinal down.
 //! - The kubelet ([`kubelet_tick`]) schedules pods to [`NODE`] (picking the
-//!   node for WaitForFirstConsumer claims), and once every claim is bound and
+//!   node for WaitForFirstConsumer claims; none when a required node
+//!   affinity excludes it or another pod uses a ReadWriteOncePod claim of
+//!   the pod's), and once every claim is bound and
 //!   [`crate::ctl::Runtime::pod_ready_delay`] has passed, sets the pod
 //!   Running and Ready (Job pods: Succeeded; pods annotated
 //!   `sim.ferry.dev/never-ready: "true"`: Running, never Ready).
@@ -696,6 +698,100 @@ fn job(state: &State, txn: &mut Txn<'_>, j: &Arc<Value>) {
     set_status(txn, &gr("batch", "jobs"), &cur, status);
 }
 
+/// Why the scheduler leaves `pod` (with `claims` and their `pvcs`) off the
+/// one node, in its words: a required node affinity or `nodeSelector` that
+/// [`NODE`] does not meet, or a ReadWriteOncePod claim another pod uses.
+fn unschedulable(
+    txn: &Txn<'_>,
+    pod: &Value,
+    claims: &[String],
+    pvcs: &[Option<Arc<Value>>],
+) -> Option<String> {
+    const NO_PREEMPTION: &str =
+        "preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling.";
+    let terms = pod
+        .pointer("/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms")
+        .and_then(Value::as_array);
+    let term_matches = |t: &Value| {
+        let by_name = t
+            .get("matchFields")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|r| str_at(r, "/key") == "metadata.name")
+            .all(|r| {
+                let listed = r
+                    .get("values")
+                    .and_then(Value::as_array)
+                    .is_some_and(|vs| vs.iter().any(|v| v.as_str() == Some(NODE)));
+                match str_at(r, "/operator") {
+                    "In" => listed,
+                    "NotIn" => !listed,
+                    _ => true,
+                }
+            });
+        let by_label = t
+            .get("matchExpressions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|r| str_at(r, "/key") == "kubernetes.io/hostname")
+            .all(|r| {
+                let listed = r
+                    .get("values")
+                    .and_then(Value::as_array)
+                    .is_some_and(|vs| vs.iter().any(|v| v.as_str() == Some(NODE)));
+                match str_at(r, "/operator") {
+                    "In" => listed,
+                    "NotIn" => !listed,
+                    _ => true,
+                }
+            });
+        by_name && by_label
+    };
+    let selector_ok = pod
+        .pointer("/spec/nodeSelector/kubernetes.io~1hostname")
+        .and_then(Value::as_str)
+        .is_none_or(|h| h == NODE);
+    if !selector_ok || terms.is_some_and(|ts| !ts.iter().any(term_matches)) {
+        return Some(format!(
+            "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector. {NO_PREEMPTION}"
+        ));
+    }
+    let ns = meta_str(pod, "namespace");
+    let uid = meta_str(pod, "uid");
+    for (claim, pvc) in claims.iter().zip(pvcs) {
+        let once_pod = pvc
+            .as_ref()
+            .and_then(|c| c.pointer("/spec/accessModes"))
+            .and_then(Value::as_array)
+            .is_some_and(|m| m.iter().any(|m| m.as_str() == Some("ReadWriteOncePod")));
+        if !once_pod {
+            continue;
+        }
+        let taken = txn.list(&gr("", "pods"), Some(ns)).into_iter().any(|o| {
+            meta_str(&o, "uid") != uid
+                && !matches!(phase(&o), "Succeeded" | "Failed")
+                && !str_at(&o, "/spec/nodeName").is_empty()
+                && o.pointer("/spec/volumes")
+                    .and_then(Value::as_array)
+                    .is_some_and(|vs| {
+                        vs.iter().any(|v| {
+                            v.pointer("/persistentVolumeClaim/claimName")
+                                .and_then(Value::as_str)
+                                == Some(claim.as_str())
+                        })
+                    })
+        });
+        if taken {
+            return Some(
+                "0/1 nodes are available: 1 node has pod using PersistentVolumeClaim with the same name and ReadWriteOncePod access mode. preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod.".into(),
+            );
+        }
+    }
+    None
+}
+
 /// One pass of the kubelet and scheduler over every pod; see the module docs.
 pub fn kubelet_tick(state: &State) {
     let rt = &state.runtime;
@@ -738,6 +834,16 @@ pub fn kubelet_tick(state: &State) {
                             "0/1 nodes are available: persistentvolumeclaim \"{}\" not found. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling.",
                             missing[0]
                         ));
+                        n["status"] = json!({"phase": "Pending", "conditions": [c], "qosClass": "BestEffort"});
+                        write(txn, &pods_gr, &p, n);
+                    }
+                    continue;
+                }
+                if let Some(why) = unschedulable(txn, &p, &claims, &pvcs) {
+                    if str_at(&p, "/status/conditions/0/message") != why {
+                        let mut c = cond("PodScheduled", "False");
+                        c["reason"] = json!("Unschedulable");
+                        c["message"] = json!(why);
                         n["status"] = json!({"phase": "Pending", "conditions": [c], "qosClass": "BestEffort"});
                         write(txn, &pods_gr, &p, n);
                     }

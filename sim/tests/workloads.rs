@@ -345,3 +345,100 @@ async fn settled_workloads_are_not_rewritten() -> Result<()> {
     c.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn the_scheduler_keeps_node_affinity_and_read_write_once_pod_claims() -> Result<()> {
+    let c = common::start().await;
+    let client = c.client()?;
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": "solo"},
+        "spec": {"accessModes": ["ReadWriteOncePod"], "storageClassName": "gp3",
+            "resources": {"requests": {"storage": "1Gi"}}}
+    }))?;
+    pvcs.create(&PostParams::default(), &pvc).await?;
+    let pod = |name: &str, claim: Option<&str>, node: Option<&str>| -> Result<Pod> {
+        let mut p = json!({"metadata": {"name": name},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+        if let Some(claim) = claim {
+            p["spec"]["volumes"] =
+                json!([{"name": "d", "persistentVolumeClaim": {"claimName": claim}}]);
+        }
+        if let Some(node) = node {
+            p["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}]}}});
+        }
+        Ok(serde_json::from_value(p)?)
+    };
+    let phase_of = |name: &'static str| {
+        let pods = pods.clone();
+        move || {
+            let pods = pods.clone();
+            async move {
+                let p = pods.get(name).await.ok()?;
+                let st = p.status?;
+                let why = st
+                    .conditions
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find(|c| c.type_ == "PodScheduled")
+                    .and_then(|c| c.message)
+                    .unwrap_or_default();
+                Some((st.phase.unwrap_or_default(), why))
+            }
+        }
+    };
+    let running = |name: &'static str| {
+        let f = phase_of(name);
+        async move {
+            wait_for(name, 20, || {
+                let g = f();
+                async move { g.await.filter(|(p, _)| p == "Running") }
+            })
+            .await
+        }
+    };
+    let unschedulable = |name: &'static str, words: &'static str| {
+        let f = phase_of(name);
+        async move {
+            wait_for(name, 20, || {
+                let g = f();
+                async move {
+                    g.await
+                        .filter(|(p, why)| p == "Pending" && why.contains(words))
+                }
+            })
+            .await
+        }
+    };
+
+    pods.create(&PostParams::default(), &pod("first", Some("solo"), None)?)
+        .await?;
+    running("first").await;
+    pods.create(&PostParams::default(), &pod("second", Some("solo"), None)?)
+        .await?;
+    let (_, why) = unschedulable("second", "ReadWriteOncePod").await;
+    assert!(why.starts_with("0/1 nodes are available: 1 node has pod using PersistentVolumeClaim with the same name and ReadWriteOncePod access mode."), "{why}");
+    pods.delete("first", &Default::default()).await?;
+    running("second").await;
+
+    pods.create(
+        &PostParams::default(),
+        &pod("elsewhere", None, Some("node-7"))?,
+    )
+    .await?;
+    let (_, why) = unschedulable("elsewhere", "node affinity").await;
+    assert!(
+        why.contains("didn't match Pod's node affinity/selector"),
+        "{why}"
+    );
+    pods.create(
+        &PostParams::default(),
+        &pod("here", None, Some("sim-node"))?,
+    )
+    .await?;
+    running("here").await;
+    c.stop().await;
+    Ok(())
+}

@@ -798,3 +798,119 @@ async fn a_cluster_wide_restricted_level_fails_the_mover_step_at_once_naming_the
     assert_no_leftovers(&w, run).await;
     w.stop().await;
 }
+
+/// A Deployment `app` in `ns` whose one pod mounts `claim`, once Running:
+/// the pod's node.
+async fn app_using(w: &World, ns: &str, claim: &str) -> String {
+    let src = w.source().await;
+    apply_yaml(
+        &src,
+        &format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: app, namespace: {ns}}}\nspec: {{replicas: 1, selector: {{matchLabels: {{app: app}}}}, template: {{metadata: {{labels: {{app: app}}}}, spec: {{containers: [{{name: c, image: busybox}}], volumes: [{{name: d, persistentVolumeClaim: {{claimName: {claim}}}}}]}}}}}}\n"
+        ),
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let pods = src.list_kind_in("v1", "Pod", ns).await.unwrap();
+        if let Some(p) = pods
+            .iter()
+            .find(|p| p["metadata"]["labels"]["app"] == "app" && p["status"]["phase"] == "Running")
+        {
+            return p["spec"]["nodeName"].as_str().unwrap().to_string();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "app pod never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_read_write_once_volume_is_read_on_its_users_node() {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, ListParams, WatchEvent, WatchParams};
+    let bucket_dir = tempfile::tempdir().unwrap();
+    let w = World::start(file_bucket(bucket_dir.path()), small_chunk_settings(4)).await;
+    let src = w.source().await;
+    apply_yaml(
+        &src,
+        &volumes_yaml("web", &[("cache", "efs", "ReadWriteOnce")]),
+    )
+    .await;
+    let dir = pv_dir(&src, "web", "cache").await;
+    make_tree(&dir, &small_tree(14)).unwrap();
+    let node = app_using(&w, "web", "cache").await;
+
+    // Every pod made in the namespace from here on, read back afterwards.
+    let pods: Api<Pod> = Api::namespaced(src.client().clone(), "web");
+    let from = pods
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let (run, phase) = w.clone(&spec("pinned", "web", "web-copy", true)).await;
+    assert_eq!(phase, Phase::Succeeded, "{}", w.steps(run));
+    compare_trees(&dir, &w.dst_pv("web-copy", "cache").await).unwrap();
+
+    let mut events = pods
+        .watch(&WatchParams::default().timeout(1), &from)
+        .await
+        .unwrap()
+        .boxed();
+    let mut mover = None;
+    while let Some(e) = events.next().await {
+        if let WatchEvent::Added(p) = e.unwrap()
+            && p.metadata
+                .name
+                .as_deref()
+                .unwrap_or("")
+                .ends_with("-up-cache")
+        {
+            mover = Some(p);
+        }
+    }
+    let mover = mover.expect("the mover pod was made in web");
+    let affinity = serde_json::to_value(mover.spec.unwrap().affinity).unwrap();
+    assert_eq!(
+        affinity.pointer(
+            "/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms/0/matchFields/0"
+        ),
+        Some(&serde_json::json!({"key": "metadata.name", "operator": "In", "values": [node]})),
+        "{affinity}"
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_read_write_once_pod_volume_in_use_fails_at_once_naming_its_user() {
+    let bucket_dir = tempfile::tempdir().unwrap();
+    let w = World::start(file_bucket(bucket_dir.path()), small_chunk_settings(4)).await;
+    // A local-path class (no snapshots, ReadWriteOncePod) on both clusters.
+    let class = "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {name: local-path}\nprovisioner: rancher.io/local-path\nvolumeBindingMode: Immediate\n";
+    let src = w.source().await;
+    apply_yaml(&src, class).await;
+    let dst = w.destination().await;
+    apply_yaml(&dst, class).await;
+    apply_yaml(
+        &src,
+        &volumes_yaml("solo", &[("data", "local-path", "ReadWriteOncePod")]),
+    )
+    .await;
+    pv_dir(&src, "solo", "data").await;
+    app_using(&w, "solo", "data").await;
+
+    let (run, phase) = w.clone(&spec("solo", "solo", "solo-copy", true)).await;
+    assert_eq!(phase, Phase::RolledBack, "{}", w.steps(run));
+    let failures = step_failures(&w, run, "volume/solo-copy/data");
+    assert_eq!(failures.len(), 1, "permanent, not retried: {failures:?}");
+    assert!(
+        failures[0].contains("volume solo/data is ReadWriteOncePod and pod solo/app-")
+            && failures[0].contains("Scale its workload to 0"),
+        "{}",
+        failures[0]
+    );
+    assert_no_leftovers(&w, run).await;
+    w.stop().await;
+}

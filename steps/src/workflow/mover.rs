@@ -243,8 +243,18 @@ fn mover_err(e: ferry_mover::Error) -> StepError {
     }
 }
 
-fn pod(name: &str, ns: &str, run: &str, image: &str, claim: &str, read_only: bool) -> Value {
-    json!({
+/// A mover pod on `claim`; on `node` when given (a live ReadWriteOnce
+/// volume mounts only where its users run).
+fn pod(
+    name: &str,
+    ns: &str,
+    run: &str,
+    image: &str,
+    claim: &str,
+    read_only: bool,
+    node: Option<&str>,
+) -> Value {
+    let mut pod = json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": ns, "labels": {RUN_LABEL: run, TEMPORARY_LABEL: "true"}},
         "spec": {
@@ -257,6 +267,89 @@ fn pod(name: &str, ns: &str, run: &str, image: &str, claim: &str, read_only: boo
                 "volumeMounts": [{"name": "data", "mountPath": MOUNT, "readOnly": read_only}]}],
             "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}],
         },
+    });
+    if let Some(node) = node {
+        pod["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchFields": [
+                {"key": "metadata.name", "operator": "In", "values": [node]}]}]}}});
+    }
+    pod
+}
+
+/// Where the mover pod reading live volume `input` must run. A ReadWriteMany
+/// or ReadOnlyMany volume mounts on any node; a ReadWriteOnce one only on the
+/// node of the pods using it (elsewhere its attach fails, "Multi-Attach
+/// error"), so the mover pod goes there; a ReadWriteOncePod one in no second
+/// pod while its user runs: refused, naming the user and the fix. `None`
+/// when any node will do.
+async fn live_node(
+    source: &Cluster,
+    input: &VolumeInput,
+    pvc: &Value,
+) -> Result<Option<String>, StepError> {
+    let modes: Vec<&str> = pvc
+        .pointer("/spec/accessModes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if modes
+        .iter()
+        .any(|m| matches!(*m, "ReadWriteMany" | "ReadOnlyMany"))
+    {
+        return Ok(None);
+    }
+    let ns = &input.source_namespace;
+    let users: Vec<Value> = source
+        .list_kind_in("v1", "Pod", ns)
+        .await?
+        .into_iter()
+        .filter(|p| {
+            !matches!(
+                p.pointer("/status/phase").and_then(Value::as_str),
+                Some("Succeeded" | "Failed")
+            ) && p
+                .pointer("/metadata/labels")
+                .and_then(|l| l.get(TEMPORARY_LABEL))
+                .is_none()
+                && p.pointer("/spec/volumes")
+                    .and_then(Value::as_array)
+                    .is_some_and(|vs| {
+                        vs.iter().any(|v| {
+                            v.pointer("/persistentVolumeClaim/claimName")
+                                .and_then(Value::as_str)
+                                == Some(input.pvc.as_str())
+                        })
+                    })
+        })
+        .collect();
+    let name = |p: &Value| {
+        p.pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_string()
+    };
+    if modes.contains(&"ReadWriteOncePod")
+        && let Some(user) = users.first()
+    {
+        return Err(StepError::permanent(format!(
+            "volume {ns}/{} is ReadWriteOncePod and pod {ns}/{} uses it: no other pod may mount \
+             it while that one runs, so the mover cannot read it live. Scale its workload to 0 \
+             for the clone (the copy then has 0 replicas too; scale both up after), or keep the \
+             volume on a storage class whose driver snapshots",
+            input.pvc,
+            name(user)
+        )));
+    }
+    let nodes: std::collections::BTreeSet<&str> = users
+        .iter()
+        .filter_map(|p| p.pointer("/spec/nodeName").and_then(Value::as_str))
+        .filter(|n| !n.is_empty())
+        .collect();
+    Ok(match nodes.len() {
+        1 => nodes.first().map(|n| n.to_string()),
+        _ => None,
     })
 }
 
@@ -1174,6 +1267,7 @@ impl MoverVolumeStep {
                 &self.env.mover_image,
                 &input.pvc,
                 false,
+                None,
             ),
             &run,
         )
@@ -1228,9 +1322,14 @@ impl MoverVolumeStep {
         let short = ctx.short();
         let volume = format!("{}-{}", input.source_namespace, input.pvc);
 
-        // 1. The source side: a PVC from the snapshot, or the live PVC read-only.
+        // 1. The source side: a PVC from the snapshot, or the live PVC
+        // read-only (where the volume can be mounted).
+        let mut node = None;
         let (claim, read_only) = match input.path {
-            Some(CopyPath::LiveViaMover) => (input.pvc.clone(), true),
+            Some(CopyPath::LiveViaMover) => {
+                node = live_node(source, input, source_pvc).await?;
+                (input.pvc.clone(), true)
+            }
             _ => {
                 let name = ferry_name(&short, &format!("src-{}", input.pvc));
                 let mut tmp = json!({
@@ -1259,6 +1358,7 @@ impl MoverVolumeStep {
                 &self.env.mover_image,
                 &claim,
                 read_only,
+                node.as_deref(),
             ),
             &run,
         )
