@@ -116,6 +116,11 @@ pub struct NamespaceInventory {
     pub objects: Vec<Value>,
     /// The PVCs, sorted by name; the volume steps make them.
     pub pvcs: Vec<Value>,
+    /// The pods not finished that mount each PVC (the app's own and its
+    /// controllers'), by claim name then pod name: who holds a volume a live
+    /// copy must mount too. Not part of the bundle.
+    #[serde(skip)]
+    pub claim_users: BTreeMap<String, Vec<String>>,
 }
 
 /// Everything of the source that a clone needs.
@@ -483,6 +488,26 @@ impl Inventory {
             .collect();
 
         namespaced.sort_by_key(sort_key);
+        for pod in namespaced.iter().filter(|o| {
+            is(o, "", "Pod") && !matches!(str_at(o, "/status/phase"), Some("Succeeded" | "Failed"))
+        }) {
+            let claims = pod
+                .pointer("/spec/volumes")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|v| str_at(v, "/persistentVolumeClaim/claimName"));
+            let ns = inv
+                .namespaces
+                .get_mut(namespace(pod).unwrap_or(""))
+                .expect("namespace of the app");
+            for claim in claims {
+                ns.claim_users
+                    .entry(claim.to_owned())
+                    .or_default()
+                    .push(name(pod).to_owned());
+            }
+        }
         for obj in namespaced {
             let reason = skip_reason(&obj, &selectorless)
                 .or_else(|| (!filters.admits(&obj)).then_some(SkipReason::Filtered));

@@ -175,6 +175,9 @@ pub enum Rule {
     /// A volume goes through the mover, whose pods run `tar` as root, in a
     /// namespace whose PodSecurity level forbids root pods (`restricted`).
     MoverPodForbidden,
+    /// A ReadWriteOncePod volume that must be copied live is mounted by a
+    /// running pod: no mover pod may mount it too.
+    LiveVolumeInUse,
 }
 
 impl fmt::Display for Rule {
@@ -643,6 +646,30 @@ fn check_volume(c: &mut Checker<'_>, pvc: &Value) -> VolumePlan {
     };
     if path.uses_snapshot() {
         plan.snapshot_class = snapshot_class;
+    }
+    let users = c
+        .inv
+        .namespaces
+        .get(&src_ns)
+        .and_then(|n| n.claim_users.get(&pvc_name))
+        .cloned()
+        .unwrap_or_default();
+    if path == CopyPath::LiveViaMover
+        && access_modes.contains(&AccessMode::ReadWriteOncePod)
+        && !users.is_empty()
+    {
+        let source = c.spec.source_context.clone();
+        c.refuse(
+            obj.clone(),
+            Rule::LiveVolumeInUse,
+            format!(
+                "the volume is ReadWriteOncePod and must be copied live (its driver cannot snapshot), and pod(s) {} mount it: no other pod may mount it while they run, the mover's included",
+                users.join(", ")
+            ),
+            format!(
+                "scale the workload using it to 0 for the clone (kubectl --context {source} -n {src_ns} scale ...; the copy then has 0 replicas too: scale both up after), or map its class to one whose driver snapshots"
+            ),
+        );
     }
     if path == CopyPath::LiveViaMover {
         let hooked = c.spec.hooks.iter().any(|h| h.stage == HookStage::Pre);

@@ -884,7 +884,7 @@ async fn a_live_read_write_once_volume_is_read_on_its_users_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_live_read_write_once_pod_volume_in_use_fails_at_once_naming_its_user() {
+async fn a_live_read_write_once_pod_volume_in_use_is_refused_naming_its_user() {
     let bucket_dir = tempfile::tempdir().unwrap();
     let w = World::start(file_bucket(bucket_dir.path()), small_chunk_settings(4)).await;
     // A local-path class (no snapshots, ReadWriteOncePod) on both clusters.
@@ -900,17 +900,26 @@ async fn a_live_read_write_once_pod_volume_in_use_fails_at_once_naming_its_user(
     .await;
     pv_dir(&src, "solo", "data").await;
     app_using(&w, "solo", "data").await;
+    w.src.settle().await;
+    w.dst.settle().await;
+    let (src_rv, dst_rv) = (w.src.resource_version(), w.dst.resource_version());
 
+    // The mover pod could never be placed: refused before anything is made.
     let (run, phase) = w.clone(&spec("solo", "solo", "solo-copy", true)).await;
-    assert_eq!(phase, Phase::RolledBack, "{}", w.steps(run));
-    let failures = step_failures(&w, run, "volume/solo-copy/data");
-    assert_eq!(failures.len(), 1, "permanent, not retried: {failures:?}");
+    assert_eq!(phase, Phase::Refused, "{}", w.steps(run));
+    let refusals = w.engine.load(run).unwrap().refusals;
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    let text = refusals[0].to_string();
     assert!(
-        failures[0].contains("volume solo/data is ReadWriteOncePod and pod solo/app-")
-            && failures[0].contains("Scale its workload to 0"),
-        "{}",
-        failures[0]
+        text.contains("solo/data")
+            && text.contains("live-volume-in-use")
+            && text.contains("pod(s) app-"),
+        "{text}"
     );
-    assert_no_leftovers(&w, run).await;
+    assert_eq!(
+        (w.src.resource_version(), w.dst.resource_version()),
+        (src_rv, dst_rv),
+        "nothing written"
+    );
     w.stop().await;
 }

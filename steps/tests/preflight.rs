@@ -596,3 +596,72 @@ fn refuses_the_mover_in_a_namespace_that_enforces_restricted_pod_security() {
         vec![]
     );
 }
+
+#[test]
+fn refuses_a_live_read_write_once_pod_volume_that_a_pod_uses() {
+    let cfg = PreflightConfig {
+        mover_available: true,
+        ..config()
+    };
+    let class = json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": "local-path"}, "provisioner": "rancher.io/local-path"});
+    let mut facts_objs = source_cluster();
+    facts_objs.push(class.clone());
+    let facts = DestinationFacts::from_objects("kind-prod", facts_objs);
+    // A ReplicaSet's pod (skipped from the copy, still a user of the claim).
+    let user = |name: &str, phase: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}"),
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "cache-7d9",
+                    "uid": "rs", "controller": true}]},
+            "spec": {"containers": [{"name": "c", "image": "redis"}],
+                "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "solo"}}]},
+            "status": {"phase": phase}})
+    };
+    let mut spec = in_cluster_spec();
+    spec.allow_live_copy = true;
+    let r = run(
+        &spec,
+        vec![
+            class.clone(),
+            pvc("solo", "local-path", &["ReadWriteOncePod"]),
+            user("cache-7d9-x2x", "Running"),
+        ],
+        &facts,
+        &cfg,
+    );
+    assert_eq!(rules(&r), vec![Rule::LiveVolumeInUse]);
+    let x = &r.refusals[0];
+    assert!(
+        x.object.ends_with("shop/solo") && x.message.contains("cache-7d9-x2x"),
+        "{x}"
+    );
+    assert!(
+        x.fix.contains("scale") && x.fix.contains("0 replicas"),
+        "{x}"
+    );
+    // A finished pod holds nothing; nor does a pod of a ReadWriteOnce claim.
+    let r = run(
+        &spec,
+        vec![
+            class.clone(),
+            pvc("solo", "local-path", &["ReadWriteOncePod"]),
+            user("cache-7d9-old", "Succeeded"),
+        ],
+        &facts,
+        &cfg,
+    );
+    assert_eq!(r.refusals, vec![]);
+    let r = run(
+        &spec,
+        vec![
+            class,
+            pvc("solo", "local-path", &["ReadWriteOnce"]),
+            user("cache-7d9-x2x", "Running"),
+        ],
+        &facts,
+        &cfg,
+    );
+    assert_eq!(r.refusals, vec![]);
+    assert_eq!(path_of(&r, "solo"), Some(CopyPath::LiveViaMover));
+}

@@ -1586,6 +1586,114 @@ mod tests {
     }
 
     #[test]
+    fn mover_pods_are_root_with_no_escalation_and_the_default_seccomp_profile() {
+        let p = pod("up", "ns", "run", "img", "claim", true, Some("node-3"));
+        let sc = &p["spec"]["containers"][0]["securityContext"];
+        assert_eq!(sc["allowPrivilegeEscalation"], false);
+        assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+        assert!(sc.get("runAsNonRoot").is_none() && sc.get("runAsUser").is_none());
+        assert_eq!(
+            p["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+                ["nodeSelectorTerms"][0]["matchFields"][0]["values"][0],
+            "node-3"
+        );
+        assert!(
+            pod("down", "ns", "run", "img", "claim", false, None)["spec"]
+                .get("affinity")
+                .is_none()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn live_volumes_are_read_where_their_users_run() {
+        let sim = ferry_sim::SimCluster::start(ferry_sim::SimOptions {
+            name: "prod".into(),
+            ..ferry_sim::SimOptions::default()
+        })
+        .await
+        .unwrap();
+        let clusters =
+            crate::cluster::Clusters::from_paths(&[sim.kubeconfig_path().to_owned()]).unwrap();
+        let c = clusters.get("prod").await.unwrap();
+        c.apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "app"}}))
+            .await
+            .unwrap();
+        for (name, class, mode) in [
+            ("rwo", "efs", "ReadWriteOnce"),
+            ("rwx", "efs", "ReadWriteMany"),
+            ("rwop", "gp3", "ReadWriteOncePod"),
+            ("ours", "efs", "ReadWriteOnce"),
+        ] {
+            c.apply(&json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": name, "namespace": "app"},
+                "spec": {"accessModes": [mode], "storageClassName": class,
+                    "resources": {"requests": {"storage": "1Gi"}}}}))
+                .await
+                .unwrap();
+        }
+        for (name, claim, labels) in [
+            ("user-rwo", "rwo", json!({})),
+            ("user-rwx", "rwx", json!({})),
+            ("user-rwop", "rwop", json!({})),
+            // Another clone's mover pod is not a user.
+            ("ferry-x-up-ours", "ours", json!({TEMPORARY_LABEL: "true"})),
+        ] {
+            c.apply(&json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "app", "labels": labels},
+                "spec": {"containers": [{"name": "c", "image": "busybox"}],
+                    "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": claim}}]}}))
+                .await
+                .unwrap();
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while c
+            .list_kind_in("v1", "Pod", "app")
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| p.pointer("/spec/nodeName").is_none())
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "pods never scheduled"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let node_for = |claim: &'static str| {
+            let c = c.clone();
+            async move {
+                let pvc = c
+                    .get("v1", "PersistentVolumeClaim", Some("app"), claim)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                let input = VolumeInput {
+                    source_namespace: "app".into(),
+                    pvc: claim.into(),
+                    destination_namespace: "app-copy".into(),
+                    snapshot_class: None,
+                    path: Some(CopyPath::LiveViaMover),
+                    bucket: None,
+                };
+                live_node(&c, &input, &pvc).await
+            }
+        };
+        assert_eq!(node_for("rwo").await.unwrap().as_deref(), Some("sim-node"));
+        assert_eq!(node_for("rwx").await.unwrap(), None);
+        assert_eq!(node_for("ours").await.unwrap(), None);
+        let refused = node_for("rwop").await.unwrap_err();
+        assert!(!refused.is_retryable());
+        assert!(
+            refused
+                .message
+                .contains("volume app/rwop is ReadWriteOncePod and pod app/user-rwop uses it"),
+            "{}",
+            refused.message
+        );
+        sim.stop().await;
+    }
+
+    #[test]
     fn exit_codes_come_from_the_status_causes() {
         let status: Status = serde_json::from_value(json!({
             "metadata": {}, "status": "Failure", "reason": "NonZeroExitCode",
