@@ -643,15 +643,6 @@ impl State {
         if info.namespaced {
             self.admit_namespace(txn, info, &name, ns)?;
         }
-        if info.group.is_empty() && info.plural == "pods" {
-            let labels = txn
-                .get(&ns_gr(), "", ns)
-                .and_then(|n| n.pointer("/metadata/labels").cloned());
-            let default = self.runtime.pod_security_default.as_deref();
-            if let Some(why) = crate::podsecurity::refusal(labels.as_ref(), default, &obj) {
-                return Err(ApiError::forbidden(info, &name, &why));
-            }
-        }
         if name.is_empty() {
             return Err(ApiError::invalid(
                 info,
@@ -672,6 +663,16 @@ impl State {
         causes.extend(validation::kind_causes(info, &obj));
         if !causes.is_empty() {
             return Err(ApiError::invalid(info, &name, causes));
+        }
+        // Validating admission, after validation, before storage.
+        if info.group.is_empty() && info.plural == "pods" {
+            let labels = txn
+                .get(&ns_gr(), "", ns)
+                .and_then(|n| n.pointer("/metadata/labels").cloned());
+            let default = self.runtime.pod_security_default.as_deref();
+            if let Some(why) = crate::podsecurity::refusal(labels.as_ref(), default, &obj) {
+                return Err(ApiError::forbidden(info, &name, &why));
+            }
         }
         let gr = info.group_resource();
         if txn.get(&gr, ns, &name).is_some() {

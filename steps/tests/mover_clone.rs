@@ -790,12 +790,26 @@ async fn a_cluster_wide_restricted_level_fails_the_mover_step_at_once_naming_the
     assert_eq!(failures.len(), 1, "permanent, not retried: {failures:?}");
     assert!(
         failures[0].contains("violates PodSecurity \"restricted:latest\"")
+            && failures[0].contains("[rule mover-pod-forbidden]")
             && failures[0].contains("runs tar as root")
-            && failures[0].contains("pod-security.kubernetes.io/enforce=baseline"),
+            && failures[0].contains(
+                "kubectl --context prod label namespace vol pod-security.kubernetes.io/enforce=baseline --overwrite"
+            ),
         "{}",
         failures[0]
     );
     assert_no_leftovers(&w, run).await;
+
+    // The fix as given: the source namespace labelled, its copy admits the
+    // mover pod.
+    let src = w.source().await;
+    apply_yaml(
+        &src,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: vol, labels: {pod-security.kubernetes.io/enforce: baseline}}\n",
+    )
+    .await;
+    let (run, phase) = w.clone(&spec("fixed", "vol", "vol-fixed", false)).await;
+    assert_eq!(phase, Phase::Succeeded, "{}", w.steps(run));
     w.stop().await;
 }
 

@@ -20,7 +20,7 @@ pub enum Error {
     /// again from the source ([`Error::damaged_chunk`]).
     #[error(
         "chunk {hash} of volume {volume} failed verification ({reason}); the stored object \
-         is corrupt: upload the volume again with the chunk to rewrite"
+         is corrupt, and only the source has its bytes"
     )]
     ChunkCorrupt {
         /// The volume whose manifest names the chunk.
@@ -37,8 +37,8 @@ pub enum Error {
     /// [`UploadOptions::rewrite`](crate::UploadOptions::rewrite) stores it
     /// again.
     #[error(
-        "chunk {hash} of volume {volume} is missing from the bucket at {path}; upload the \
-         volume again with the chunk to rewrite"
+        "chunk {hash} of volume {volume} is missing from the bucket at {path}; only the source \
+         has its bytes"
     )]
     MissingChunk {
         /// The volume whose manifest names the chunk.

@@ -1,7 +1,7 @@
 //! Upload: a stream (the stdout of `tar -c`) into deduplicated chunks and a
 //! manifest.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -92,6 +92,10 @@ pub struct UploadStats {
     /// each request); absent from checkpoints older than this field.
     #[serde(default)]
     pub retries: u64,
+    /// Chunks of [`UploadOptions::rewrite`] this upload stored again (each
+    /// once; counted in `chunks_uploaded` too).
+    #[serde(default)]
+    pub chunks_rewritten: u64,
 }
 
 /// A resumable upload's progress, reported at a bounded rate for the caller
@@ -161,15 +165,19 @@ struct Ctx {
     known: HashMap<ChunkHash, u64>,
     check_existing: bool,
     zstd_level: i32,
-    /// [`UploadOptions::rewrite`], each taken by the first chunk task that
-    /// meets it (a chunk repeated in the stream is stored again once).
-    rewrite: std::sync::Mutex<HashSet<ChunkHash>>,
+    /// [`UploadOptions::rewrite`]: each stored again once, by the first
+    /// chunk task to meet it; every other occurrence in the stream waits for
+    /// that write and takes its size (an earlier occurrence is handed on by
+    /// reference, and must not be read before the object is whole again).
+    rewrite: HashMap<ChunkHash, Arc<tokio::sync::OnceCell<u64>>>,
 }
 
 struct Stored {
     chunk: ChunkRef,
     /// The chunk's bytes when this upload stored it (it was not there).
     uploaded: Option<Bytes>,
+    /// It was stored again over a damaged object ([`UploadOptions::rewrite`]).
+    rewritten: bool,
 }
 
 impl Upload {
@@ -285,7 +293,7 @@ impl Upload {
             known,
             check_existing,
             zstd_level: opts.zstd_level,
-            rewrite: std::sync::Mutex::new(opts.rewrite.iter().copied().collect()),
+            rewrite: opts.rewrite.iter().map(|h| (*h, Arc::default())).collect(),
         });
 
         // The chunker need only stay a little ahead: the chunk tasks hold the rest.
@@ -323,6 +331,9 @@ impl Upload {
             let s = item?;
             stats.bytes_read += s.chunk.len;
             stats.chunks += 1;
+            if s.rewritten {
+                stats.chunks_rewritten += 1;
+            }
             if s.uploaded.is_some() {
                 stats.chunks_uploaded += 1;
                 stats.bytes_uploaded += s.chunk.stored_len;
@@ -397,8 +408,35 @@ async fn store_chunk(ctx: &Ctx, raw: RawChunk) -> Result<Stored> {
     let RawChunk { data } = raw;
     let len = data.len() as u64;
     let (hash, data) = crate::task::cpu(move || (ChunkHash::of(&data), data)).await?;
-    let rewrite = ctx.rewrite.lock().expect("rewrite lock").remove(&hash);
-    if !rewrite && let Some(&stored_len) = ctx.known.get(&hash) {
+    let path = ctx.bucket.chunk_path(&hash);
+    if let Some(once) = ctx.rewrite.get(&hash) {
+        let level = ctx.zstd_level;
+        let mut wrote = None;
+        let stored_len = *once
+            .get_or_try_init(|| {
+                let (data, wrote) = (data.clone(), &mut wrote);
+                async move {
+                    let (compressed, data) =
+                        crate::task::cpu(move || (compress(&data, level), data)).await?;
+                    let stored_len = compressed.len() as u64;
+                    tracing::info!(chunk = %hash, "storing a damaged chunk again");
+                    ctx.bucket.put_overwrite(&path, compressed).await?;
+                    *wrote = Some(data);
+                    Ok::<u64, Error>(stored_len)
+                }
+            })
+            .await?;
+        return Ok(Stored {
+            chunk: ChunkRef {
+                hash,
+                len,
+                stored_len,
+            },
+            rewritten: wrote.is_some(),
+            uploaded: wrote,
+        });
+    }
+    if let Some(&stored_len) = ctx.known.get(&hash) {
         return Ok(Stored {
             chunk: ChunkRef {
                 hash,
@@ -406,11 +444,10 @@ async fn store_chunk(ctx: &Ctx, raw: RawChunk) -> Result<Stored> {
                 stored_len,
             },
             uploaded: None,
+            rewritten: false,
         });
     }
-    let path = ctx.bucket.chunk_path(&hash);
-    if !rewrite
-        && ctx.check_existing
+    if ctx.check_existing
         && let Some(meta) = ctx.bucket.head_opt(&path).await?
     {
         return Ok(Stored {
@@ -420,18 +457,13 @@ async fn store_chunk(ctx: &Ctx, raw: RawChunk) -> Result<Stored> {
                 stored_len: meta.size,
             },
             uploaded: None,
+            rewritten: false,
         });
     }
     let level = ctx.zstd_level;
     let (compressed, data) = crate::task::cpu(move || (compress(&data, level), data)).await?;
     let stored_len = compressed.len() as u64;
-    let created = if rewrite {
-        tracing::info!(chunk = %hash, "storing a damaged chunk again");
-        ctx.bucket.put_overwrite(&path, compressed).await?;
-        true
-    } else {
-        ctx.bucket.put_create(&path, compressed).await?
-    };
+    let created = ctx.bucket.put_create(&path, compressed).await?;
     Ok(Stored {
         chunk: ChunkRef {
             hash,
@@ -439,6 +471,7 @@ async fn store_chunk(ctx: &Ctx, raw: RawChunk) -> Result<Stored> {
             stored_len,
         },
         uploaded: created.then_some(data),
+        rewritten: false,
     })
 }
 

@@ -360,6 +360,79 @@ async fn damaged_chunks_are_stored_again_when_named_for_rewrite() -> anyhow::Res
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_chunk_the_stream_repeats_is_stored_again_once_before_any_copy_is_read()
+-> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let bucket = file_bucket(&tmp.path().join("bucket"))?;
+    // The same 512 KiB four times: after the first cut in each copy, the
+    // copies' chunks are the same chunks.
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(21);
+    let block = content(&mut rng, 512 << 10);
+    let data: Vec<u8> = block.repeat(4);
+    let opts = |rewrite| UploadOptions {
+        chunker: ferry_mover::ChunkerParams {
+            min: 16 << 10,
+            avg: 64 << 10,
+            max: 256 << 10,
+        },
+        concurrency: 8,
+        rewrite,
+        ..Default::default()
+    };
+    let first = Upload::new(&bucket, "run-1", "wal")
+        .options(opts(Vec::new()))
+        .run(std::io::Cursor::new(data.clone()))
+        .await?;
+    let mut counts = std::collections::HashMap::new();
+    for c in &first.manifest.chunks {
+        *counts.entry(c.hash).or_insert(0) += 1;
+    }
+    let (&victim, &times) = counts.iter().max_by_key(|(_, n)| **n).unwrap();
+    assert!(times >= 3, "a chunk repeats: {times}");
+    // The object is replaced by a shorter one: its size is wrong too.
+    let hex = victim.to_hex();
+    let object = tmp
+        .path()
+        .join(format!("bucket/install-1/chunks/{}/{hex}", &hex[..2]));
+    fs::write(&object, b"rot")?;
+
+    // Again with the chunk to rewrite, while a download follows and takes
+    // every occurrence the upload did not write itself from the bucket.
+    let (sender, follow) = Download::follow(&bucket, "wal");
+    let (hash_tx, hash_rx) = tokio::sync::oneshot::channel();
+    let upload = async {
+        let out = Upload::new(&bucket, "run-2", "wal")
+            .options(opts(vec![victim]))
+            .hand_to(sender)
+            .run(std::io::Cursor::new(data.clone()))
+            .await;
+        if let Ok(o) = &out {
+            let _ = hash_tx.send(o.manifest.stream_hash);
+        }
+        out
+    };
+    let mut out = Vec::new();
+    let download = follow.run(&mut out, async { hash_rx.await.ok() });
+    let (up, down) = tokio::join!(upload, download);
+    let (up, down) = (up?, down?);
+    assert_eq!(up.stats.chunks_rewritten, 1, "{:?}", up.stats);
+    assert_eq!(up.stats.chunks_uploaded, 1, "{:?}", up.stats);
+    assert!(
+        down.bytes_fetched > 0,
+        "the other occurrences were read back: {down:?}"
+    );
+    assert_eq!(out, data);
+    let size = fs::metadata(&object)?.len();
+    for c in up.manifest.chunks.iter().filter(|c| c.hash == victim) {
+        assert_eq!(
+            c.stored_len, size,
+            "every occurrence names the new object's size"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_stream_and_memory_bucket() -> anyhow::Result<()> {
     let bucket = Bucket::open("memory://", &Default::default())?;
     let m = small_upload(&bucket, "empty", 0).await?;

@@ -157,8 +157,8 @@ pub struct MoverOutput {
     #[serde(default)]
     pub source_changed: bool,
     /// Chunks found damaged in the bucket (corrupt or missing) by an
-    /// earlier attempt and stored again from the source; the run ends with
-    /// a warning naming them.
+    /// earlier attempt and stored again from the source (those the source
+    /// still held); the run ends with a warning naming every damaged one.
     #[serde(default)]
     pub chunks_repaired: u64,
 }
@@ -219,18 +219,30 @@ pub struct MoverCheckpoint {
 
 /// Creates a mover pod. The API server's PodSecurity admission may refuse
 /// it where preflight saw no `restricted` label (a cluster-wide default
-/// level): the refusal then names the rule and the fix.
-async fn create_mover_pod(cluster: &Cluster, pod: &Value, run: &str) -> Result<(), StepError> {
+/// level): the refusal then names the rule and the fix, on the source
+/// namespace (`source` on cluster `context`), whose labels the copy takes.
+async fn create_mover_pod(
+    cluster: &Cluster,
+    pod: &Value,
+    run: &str,
+    (context, source): (&str, &str),
+) -> Result<(), StepError> {
     match create_owned(cluster, pod, run).await {
         Ok(_) => Ok(()),
-        Err(e) if e.message.contains("violates PodSecurity") => Err(StepError::permanent(format!(
-            "{}; ferry's mover pod runs tar as root, to read every file and keep owners, with \
-             privilege escalation off and the runtime's default seccomp profile (PodSecurity \
-             \"baseline\"): let the namespace admit it for the clone (label it \
-             {}=baseline, or exempt ferry's user in the API server's PodSecurity configuration)",
-            e.message,
-            crate::preflight::POD_SECURITY_ENFORCE_LABEL
-        ))),
+        Err(e) if e.message.contains("violates PodSecurity") => {
+            let label = crate::preflight::POD_SECURITY_ENFORCE_LABEL;
+            Err(StepError::permanent(format!(
+                "{} [rule {}]: ferry's mover pod runs tar as root, to read every file and keep \
+                 owners, with privilege escalation off and the runtime's default seccomp profile \
+                 (PodSecurity \"baseline\"), and the cluster enforces a stricter level where no \
+                 {label} label says otherwise; fix: label the source namespace for the clone \
+                 (kubectl --context {context} label namespace {source} {label}=baseline \
+                 --overwrite; its copy takes the label), or exempt ferry's user in the API \
+                 server's PodSecurity configuration",
+                e.message,
+                crate::preflight::Rule::MoverPodForbidden,
+            )))
+        }
         Err(e) => Err(e),
     }
 }
@@ -1052,14 +1064,20 @@ impl Step for MoverVolumeStep {
         .await?;
         if !repair.is_empty() {
             let names: Vec<String> = repair.iter().map(|h| h.to_string()).collect();
+            let again = up_stats.chunks_rewritten;
             ctx.warn(format!(
-                "volume {}/{}: the bucket held {} chunk(s) damaged (corrupt or missing): {}; \
-                 ferry stored them again from the source, for this clone and any other that \
-                 names them. If this recurs, check the bucket's storage",
+                "volume {}/{}: the bucket held {} damaged chunk(s) (corrupt or missing): {}; \
+                 ferry stored {again} of them again from the source, for this clone and every \
+                 other that names them{}. If this recurs, check the bucket's storage",
                 input.source_namespace,
                 input.pvc,
                 repair.len(),
-                names.join(", ")
+                names.join(", "),
+                if (again as usize) < repair.len() {
+                    " (the source no longer holds the rest)"
+                } else {
+                    ""
+                }
             ));
         }
         if let Some(files) = &changed {
@@ -1080,7 +1098,7 @@ impl Step for MoverVolumeStep {
             bytes_fetched: downloaded.bytes_fetched,
             chunks_handed: downloaded.chunks_handed,
             source_changed: changed.is_some(),
-            chunks_repaired: repair.len() as u64,
+            chunks_repaired: up_stats.chunks_rewritten,
         })
     }
 
@@ -1270,6 +1288,7 @@ impl MoverVolumeStep {
                 None,
             ),
             &run,
+            (&spec.source_context, &input.source_namespace),
         )
         .await?;
         wait_running(dest, &input.destination_namespace, &down, ctx).await?;
@@ -1361,6 +1380,7 @@ impl MoverVolumeStep {
                 node.as_deref(),
             ),
             &run,
+            (&spec.source_context, &input.source_namespace),
         )
         .await?;
         wait_running(source, &input.source_namespace, &up, ctx).await?;
