@@ -630,7 +630,10 @@ impl ObjectStore for RotStore {
     ) -> object_store::Result<PutResult> {
         let armed = self.target.lock().unwrap().as_deref() == Some(location.as_ref());
         let payload = if armed {
-            let mut bytes = bytes::Bytes::from(payload).to_vec();
+            let mut bytes = Vec::new();
+            for part in &payload {
+                bytes.extend_from_slice(part);
+            }
             if let Some(b) = bytes.get_mut(0) {
                 *b ^= 0xFF;
             }
