@@ -178,6 +178,10 @@ pub enum Rule {
     /// A ReadWriteOncePod volume that must be copied live is mounted by a
     /// running pod: no mover pod may mount it too.
     LiveVolumeInUse,
+    /// The mover's bucket refused preflight's probe (list, and for a clone
+    /// put, get and delete of a small object): its credentials or policy do
+    /// not let ferry use it. Checked by the cluster part, not [`preflight`].
+    BucketUnusable,
 }
 
 impl fmt::Display for Rule {

@@ -17,7 +17,9 @@ use ferry_mover::Bucket;
 use ferry_sim::FaultConfig;
 use ferry_steps::workflow::{MoverPhase, MoverSettings};
 use mover_env::s3::{S3_BUCKET, s3_options, start_s3};
-use mover_env::stores::{CountingStore, FaultyStore, GateStore, RotStore, TraceStore};
+use mover_env::stores::{
+    CountingStore, FaultyStore, GateStore, ReadOnlyStore, RotStore, TraceStore,
+};
 use mover_env::tree::{TreeSpec, compare_trees, make_tree};
 use mover_env::*;
 
@@ -377,6 +379,12 @@ async fn a_corrupt_chunk_in_the_bucket_is_named_and_stored_again_from_the_source
     let src = seeded(&w, &small_tree(6)).await;
     let (first, phase) = w.clone(&spec("first", "vol", "copy-1", false)).await;
     assert_eq!(phase, Phase::Succeeded, "{}", w.steps(first));
+    // Preflight's probe of the bucket left nothing behind.
+    let probes = bucket_dir.path().join("ferry/probes");
+    assert!(
+        !probes.exists() || std::fs::read_dir(&probes).unwrap().next().is_none(),
+        "probe objects left"
+    );
 
     // A stored chunk rots: one byte of the object flipped.
     let m = w
@@ -935,5 +943,53 @@ async fn a_live_read_write_once_pod_volume_in_use_is_refused_naming_its_user() {
         (src_rv, dst_rv),
         "nothing written"
     );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_ferry_cannot_write_refuses_the_clone_before_anything_is_made() {
+    let bucket_dir = tempfile::tempdir().unwrap();
+    let good = file_bucket(bucket_dir.path());
+    let read_only = Bucket::from_store(
+        Arc::new(ReadOnlyStore {
+            inner: good.store().clone(),
+        }),
+        "ferry",
+    )
+    .with_retry(fast_retry());
+    let w = World::start(read_only, small_chunk_settings(4)).await;
+    seeded(&w, &small_tree(15)).await;
+    w.src.settle().await;
+    w.dst.settle().await;
+    let (src_rv, dst_rv) = (w.src.resource_version(), w.dst.resource_version());
+
+    let (run, phase) = w.clone(&spec("ro", "vol", "vol-ro", false)).await;
+    assert_eq!(phase, Phase::Refused, "{}", w.steps(run));
+    let refusals = w.engine.load(run).unwrap().refusals;
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    let text = refusals[0].to_string();
+    assert!(
+        text.contains("bucket-unusable")
+            && text.contains("s3:PutObject")
+            && text.contains("credentials and policy"),
+        "{text}"
+    );
+    assert_eq!(
+        (w.src.resource_version(), w.dst.resource_version()),
+        (src_rv, dst_rv),
+        "nothing written"
+    );
+    // A dry-run only lists the bucket: it sees no refusal there.
+    let env = clone_env(
+        clusters(&[&w.src, &w.dst]),
+        w.bucket.clone(),
+        w.mover.clone(),
+        ferry_steps::workflow::DEFAULT_MOVER_IMAGE,
+    );
+    let dry = ferry_steps::workflow::CloneWorkflow::new(env)
+        .dry_run(&spec("ro-dry", "vol", "vol-ro", false))
+        .await
+        .unwrap();
+    assert!(dry.refusals.is_empty(), "{:?}", dry.refusals);
     w.stop().await;
 }

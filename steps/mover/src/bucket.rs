@@ -422,6 +422,34 @@ impl Bucket {
         Ok(Some(m))
     }
 
+    /// Checks that the bucket answers this installation, before a clone
+    /// relies on it: lists the prefix (one level) and, when `write`, stores a
+    /// small object `<prefix>/probes/<name>.json`, reads it back and deletes
+    /// it. [`Error::BucketRefused`] when the credentials or the policy do not
+    /// allow one of these.
+    pub async fn probe(&self, name: &str, write: bool) -> Result<()> {
+        check_name("probe", name)?;
+        let prefix = self.prefix.clone();
+        self.retry("list", &prefix, || {
+            self.store.list_with_delimiter(Some(&prefix))
+        })
+        .await?;
+        if !write {
+            return Ok(());
+        }
+        let path = self.path(&["probes", &format!("{name}.json")]);
+        let body = Bytes::from(format!("{{\"probe\":\"{name}\"}}"));
+        self.put_overwrite(&path, body.clone()).await?;
+        let back = self.get_opt(&path).await?;
+        if back.as_ref() != Some(&body) {
+            return Err(Error::InvalidObject {
+                path: path.to_string(),
+                reason: "the probe object read back is not what was written".into(),
+            });
+        }
+        self.delete(&path).await
+    }
+
     /// The `(run, volume)` of every manifest, or of one run's.
     pub async fn list_manifests(&self, run: Option<&str>) -> Result<Vec<(String, String)>> {
         let base = self.manifests_dir(None)?;

@@ -31,6 +31,7 @@
 //!                                          lengths, the stream's hash
 //! <prefix>/leases/<run>/<volume>.<id>.json lease of a running upload (gc stands down)
 //! <prefix>/gc.lock                         held while a garbage collection runs
+//! <prefix>/probes/<name>.json              a clone's preflight probe (deleted at once)
 //! ```
 //!
 //! # Pipeline

@@ -201,12 +201,12 @@ impl DryRunAnswer {
 }
 
 impl CloneWorkflow {
-    /// What a clone of `spec` would do: reads both clusters, writes nothing
-    /// anywhere (not even ferry's log).
+    /// What a clone of `spec` would do: reads both clusters (and lists the
+    /// mover's bucket), writes nothing anywhere (not even ferry's log).
     pub async fn dry_run(&self, spec: &CloneSpec) -> Result<DryRunAnswer, StepError> {
         spec.validate()
             .map_err(|e| StepError::permanent(format!("invalid spec: {e}")))?;
-        let (prepared, refusals) = preflight_step::gather(&self.env, spec).await?;
+        let (prepared, refusals) = preflight_step::gather(&self.env, spec, None).await?;
         let plan =
             crate::dryrun::dry_run(spec, &prepared.inventory, &prepared.report, &prepared.plan);
         Ok(DryRunAnswer { plan, refusals })

@@ -37,11 +37,17 @@ const CLUSTER_KINDS: &[(&str, &str)] = &[
 ];
 
 /// Reads both clusters and checks every rule: what preflight and the
-/// dry-run share. Writes nothing anywhere. Returns the prepared clone and
-/// every refusal (the rules', and what this build cannot carry yet).
+/// dry-run share. Writes nothing on either cluster. Returns the prepared
+/// clone and every refusal (the rules', and what this build cannot carry
+/// yet). The mover's bucket, when a volume needs it, is probed: listed, and
+/// with `probe` (a clone's run id) a small object written under that name,
+/// read back and deleted, so that a bucket ferry cannot use refuses the
+/// clone before anything is made (the dry-run only lists: it writes
+/// nothing anywhere).
 pub(super) async fn gather(
     env: &CloneEnv,
     spec: &CloneSpec,
+    probe: Option<&str>,
 ) -> Result<(Prepared, Vec<Refusal>), StepError> {
     let source = env.clusters.get(&spec.source_context).await?;
     let destination = env.clusters.get(&spec.destination_context).await?;
@@ -63,7 +69,7 @@ pub(super) async fn gather(
     let prepared = prepare(spec, objects, &facts, &env.preflight)
         .map_err(|e| StepError::permanent(format!("preflight: {e}")))?;
 
-    let refusals: Vec<Refusal> = prepared
+    let mut refusals: Vec<Refusal> = prepared
         .report
         .refusals
         .iter()
@@ -73,6 +79,26 @@ pub(super) async fn gather(
             fix: r.fix.clone(),
         })
         .collect();
+    if let Some(name) = &prepared.report.bucket
+        && let Some(bucket) = env.buckets.get(name)
+    {
+        match bucket.probe(probe.unwrap_or("dry-run"), probe.is_some()).await {
+            Ok(()) => {}
+            Err(e) if e.is_retryable() => {
+                return Err(StepError::retryable(format!("bucket {name}: {e}")));
+            }
+            Err(e) => refusals.push(Refusal {
+                object: format!("bucket {name}"),
+                rule: format!(
+                    "{}: the data mover's bucket cannot be used: {e}",
+                    crate::preflight::Rule::BucketUnusable
+                ),
+                fix: format!(
+                    "check bucket {name}'s URL, credentials and policy in the config: ferry lists, puts, gets and deletes objects under its prefix"
+                ),
+            }),
+        }
+    }
     Ok((prepared, refusals))
 }
 
@@ -80,8 +106,9 @@ pub(super) async fn gather(
 /// every reason at once, before anything is written on either cluster.
 ///
 /// # Guarantees
-/// Reads only, on both clusters. Its one write is the encrypted bundle blob
-/// in ferry's own state dir.
+/// Reads only, on both clusters. Its writes are the encrypted bundle blob
+/// in ferry's own state dir and, when a volume goes through the mover, a
+/// probe object in the bucket, deleted at once.
 ///
 /// # Assumptions
 /// Idempotent: a re-run reads again and stores the same bundle again.
@@ -114,7 +141,8 @@ impl Step for PreflightStep {
         if let Err(e) = spec.validate() {
             return Err(StepError::permanent(format!("invalid spec: {e}")));
         }
-        let (prepared, refusals) = gather(&self.env, &spec).await?;
+        let run = ctx.run_id().to_string();
+        let (prepared, refusals) = gather(&self.env, &spec, Some(&run)).await?;
         if !refusals.is_empty() {
             return Err(StepError::refused(refusals));
         }

@@ -164,6 +164,31 @@ pub fn engine(
     )
 }
 
+/// The clone workflow's environment over `clusters`, `bucket` the default
+/// bucket [`BUCKET`], mover pods of `image`.
+pub fn clone_env(
+    clusters: Clusters,
+    bucket: Bucket,
+    mover: MoverSettings,
+    image: &str,
+) -> CloneEnv {
+    CloneEnv {
+        clusters,
+        preflight: PreflightConfig::from_settings(
+            Vec::new(),
+            None,
+            [BUCKET.to_owned()].into(),
+            Some(BUCKET.into()),
+            true,
+        )
+        .unwrap(),
+        health_poll: Duration::from_millis(50),
+        buckets: [(BUCKET.to_owned(), bucket)].into(),
+        mover_image: image.into(),
+        mover,
+    }
+}
+
 /// [`engine`], with mover pods of `image`.
 pub fn engine_with_image(
     clusters: Clusters,
@@ -178,21 +203,7 @@ pub fn engine_with_image(
         blob_key: Some(Key32::from_bytes([2; 32])),
     })
     .unwrap();
-    let env = CloneEnv {
-        clusters,
-        preflight: PreflightConfig::from_settings(
-            Vec::new(),
-            None,
-            [BUCKET.to_owned()].into(),
-            Some(BUCKET.into()),
-            true,
-        )
-        .unwrap(),
-        health_poll: Duration::from_millis(50),
-        buckets: [(BUCKET.to_owned(), bucket)].into(),
-        mover_image: image.into(),
-        mover,
-    };
+    let env = clone_env(clusters, bucket, mover, image);
     let mut registry = Registry::new();
     CloneWorkflow::new(env).register(&mut registry);
     let opts = EngineOptions {

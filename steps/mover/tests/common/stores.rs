@@ -653,3 +653,39 @@ impl ObjectStore for RotStore {
         copy_opts
     );
 }
+
+/// Refuses every write as an S3 policy without `s3:PutObject` would
+/// (`PermissionDenied`); reads and lists go through.
+#[derive(Debug)]
+pub struct ReadOnlyStore {
+    pub inner: Arc<dyn ObjectStore>,
+}
+
+impl fmt::Display for ReadOnlyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ReadOnly({})", self.inner)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for ReadOnlyStore {
+    async fn put_opts(
+        &self,
+        location: &ObjPath,
+        _payload: PutPayload,
+        _opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        Err(object_store::Error::PermissionDenied {
+            path: location.to_string(),
+            source: "403 AccessDenied: not authorized to perform s3:PutObject".into(),
+        })
+    }
+    forward!(
+        put_multipart_opts,
+        get_opts,
+        delete_stream,
+        list,
+        list_with_delimiter,
+        copy_opts
+    );
+}
