@@ -77,6 +77,12 @@ pub struct Config {
     /// restores, for a bucket read, a decompression and a hash per chunk
     /// (default false).
     pub mover_read_back: Option<bool>,
+    /// The data mover pods' compute resources, `{ requests = { cpu, memory },
+    /// limits = { cpu, memory } }` (default requests 100m and 128Mi, limits
+    /// 1 CPU and 1Gi). Namespaces with a compute ResourceQuota refuse pods
+    /// without them; preflight checks the source namespaces' quotas have
+    /// room.
+    pub mover_resources: Option<ferry_steps::preflight::MoverResources>,
     /// How long a clone may take to become Healthy on the destination when
     /// it does not say (a duration such as `"15m"`; default `"10m"`).
     pub default_health_deadline: Option<String>,
@@ -350,6 +356,12 @@ impl Config {
                 format!("{image:?} is not an image reference"),
             ));
         }
+        if let Some(r) = &self.mover_resources {
+            r.validate().map_err(|e| match e {
+                ferry_steps::Error::Config { field, reason } => invalid(&field, reason),
+                other => invalid("mover_resources", other.to_string()),
+            })?;
+        }
         if let Some(d) = &self.default_health_deadline {
             parse_duration(d).map_err(|r| invalid("default_health_deadline", r))?;
         }
@@ -571,6 +583,37 @@ mod tests {
                 .values()
                 .any(|b| b["endpoint"].is_string() && b["region"].is_string())
         );
+    }
+
+    #[test]
+    fn mover_resources_are_checked_and_reach_preflight() {
+        let c = parse(
+            "mover_resources = { requests = { cpu = \"50m\", memory = \"64Mi\" }, limits = { cpu = \"500m\", memory = \"256Mi\" } }\n",
+        )
+        .unwrap();
+        let r = c.mover_resources.clone().unwrap();
+        assert_eq!(r.limits["memory"], "256Mi");
+        let preflight = crate::workflow::preflight_config(&c).unwrap();
+        assert_eq!(preflight.mover_resources, r);
+        let default = crate::workflow::preflight_config(&parse("").unwrap()).unwrap();
+        assert_eq!(
+            default.mover_resources,
+            ferry_steps::preflight::MoverResources::default()
+        );
+        for (text, field) in [
+            (
+                "mover_resources = { limits = { memory = \"lots\" } }\n",
+                "mover_resources.limits.memory",
+            ),
+            (
+                "mover_resources = { requests = { cpu = \"2\" }, limits = { cpu = \"1\" } }\n",
+                "mover_resources.requests.cpu",
+            ),
+            ("mover_resources = { request = {} }\n", "request"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -100,7 +100,7 @@ pub fn preflight_config(config: &Config) -> anyhow::Result<PreflightConfig> {
                 .collect::<anyhow::Result<Vec<_>>>()?,
         )
     };
-    PreflightConfig::from_settings(
+    let mut preflight = PreflightConfig::from_settings(
         rules,
         non_clonable,
         config.buckets.keys().cloned().collect(),
@@ -109,7 +109,11 @@ pub fn preflight_config(config: &Config) -> anyhow::Result<PreflightConfig> {
         // is refused by the bucket rule, naming the fix.
         true,
     )
-    .map_err(|e| anyhow::anyhow!("config: {e}"))
+    .map_err(|e| anyhow::anyhow!("config: {e}"))?;
+    if let Some(r) = &config.mover_resources {
+        preflight.mover_resources = r.clone();
+    }
+    Ok(preflight)
 }
 
 /// The clone workflow over the kubeconfig files and the config.

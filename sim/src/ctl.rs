@@ -272,8 +272,9 @@ pub(crate) fn safe_hash(s: &str) -> String {
         .collect()
 }
 
-/// Parse a resource quantity (`1Gi`, `500M`, `1024`) into bytes.
-pub fn quantity_bytes(q: &str) -> Option<u64> {
+/// Parse a resource quantity (`100m`, `2`, `1Gi`, `500M`) into its base
+/// unit (cores, bytes).
+pub fn quantity(q: &str) -> Option<f64> {
     let q = q.trim();
     let split = q.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(q.len());
     let (num, suffix) = q.split_at(split);
@@ -293,7 +294,12 @@ pub fn quantity_bytes(q: &str) -> Option<u64> {
         "m" => 1e-3,
         _ => return None,
     };
-    Some((n * mult).ceil() as u64)
+    Some(n * mult)
+}
+
+/// Parse a resource quantity (`1Gi`, `500M`, `1024`) into bytes.
+pub fn quantity_bytes(q: &str) -> Option<u64> {
+    quantity(q).map(|v| v.ceil() as u64)
 }
 
 /// Bytes as the shortest exact binary quantity (`1Gi`, `512Mi`, `1000`).

@@ -48,6 +48,8 @@
 //! - [`patch`]: merge, JSON, strategic merge and apply merges.
 //! - [`podsecurity`]: Pod Security Admission for pod creates, from the
 //!   namespace's `pod-security.kubernetes.io/enforce` label.
+//! - [`quota`]: ResourceQuota admission for pod creates (compute
+//!   resources and pod counts).
 //! - [`selector`], [`validation`], [`status`] (metav1.Status errors),
 //!   [`faults`], [`protobuf`] (kubectl 1.32+ imperative create bodies).
 
@@ -62,6 +64,7 @@ pub mod objects;
 pub mod patch;
 pub mod podsecurity;
 pub mod protobuf;
+pub mod quota;
 pub mod resources;
 pub mod selector;
 pub mod status;

@@ -673,6 +673,24 @@ impl State {
             if let Some(why) = crate::podsecurity::refusal(labels.as_ref(), default, &obj) {
                 return Err(ApiError::forbidden(info, &name, &why));
             }
+            let quotas = txn.list(&GroupResource::new("", "resourcequotas"), Some(ns));
+            if !quotas.is_empty() {
+                let pods: Vec<Arc<Value>> = txn
+                    .list(&info.group_resource(), Some(ns))
+                    .into_iter()
+                    .filter(|p| {
+                        !matches!(
+                            p.pointer("/status/phase").and_then(Value::as_str),
+                            Some("Succeeded" | "Failed")
+                        )
+                    })
+                    .collect();
+                let quotas: Vec<&Value> = quotas.iter().map(|q| q.as_ref()).collect();
+                let pods: Vec<&Value> = pods.iter().map(|p| p.as_ref()).collect();
+                if let Some(why) = crate::quota::refusal(&quotas, &pods, &obj) {
+                    return Err(ApiError::forbidden(info, &name, &why));
+                }
+            }
         }
         let gr = info.group_resource();
         if txn.get(&gr, ns, &name).is_some() {

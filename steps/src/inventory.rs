@@ -121,6 +121,11 @@ pub struct NamespaceInventory {
     /// copy must mount too. Not part of the bundle.
     #[serde(skip)]
     pub claim_users: BTreeMap<String, Vec<String>>,
+    /// Those pods themselves (not finished), for what they hold of the
+    /// namespace's ResourceQuotas where a quota's status does not say. Not
+    /// part of the bundle.
+    #[serde(skip)]
+    pub running_pods: Vec<Value>,
 }
 
 /// Everything of the source that a clone needs.
@@ -507,6 +512,7 @@ impl Inventory {
                     .or_default()
                     .push(name(pod).to_owned());
             }
+            ns.running_pods.push(pod.clone());
         }
         for obj in namespaced {
             let reason = skip_reason(&obj, &selectorless)

@@ -49,6 +49,7 @@ pub mod patch;
 pub mod plan;
 pub mod preflight;
 pub mod prepare;
+pub mod quantity;
 pub mod selector;
 pub mod spec;
 pub mod transform;

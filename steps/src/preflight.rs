@@ -35,6 +35,99 @@ pub struct PreflightConfig {
     /// Whether the data mover exists in this build. Until it does, a clone
     /// that needs it is refused.
     pub mover_available: bool,
+    /// The resources of every mover pod: what the `volume-mover` step puts
+    /// in their spec, and what preflight checks the source namespaces'
+    /// ResourceQuotas have room for.
+    pub mover_resources: MoverResources,
+}
+
+/// A mover pod's compute resources (its one container's `resources`).
+/// Namespaces with a compute ResourceQuota refuse pods without requests and
+/// limits, so mover pods always carry both.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoverResources {
+    /// Requests (`cpu`, `memory`, ...).
+    #[serde(default)]
+    pub requests: BTreeMap<String, String>,
+    /// Limits.
+    #[serde(default)]
+    pub limits: BTreeMap<String, String>,
+}
+
+impl Default for MoverResources {
+    /// Requests 100m CPU and 128Mi; limits 1 CPU and 1Gi: `tar` streams,
+    /// it keeps little in memory (the page cache it fills is reclaimed).
+    fn default() -> Self {
+        let map = |cpu: &str, memory: &str| {
+            [("cpu", cpu), ("memory", memory)]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect()
+        };
+        MoverResources {
+            requests: map("100m", "128Mi"),
+            limits: map("1", "1Gi"),
+        }
+    }
+}
+
+impl MoverResources {
+    /// Checks every value is a quantity and no request exceeds its limit.
+    ///
+    /// # Errors
+    /// [`crate::Error::Config`] naming the field.
+    pub fn validate(&self) -> crate::Result<()> {
+        for (part, map) in [("requests", &self.requests), ("limits", &self.limits)] {
+            for (k, v) in map {
+                if crate::quantity::parse(v).is_none() {
+                    return Err(crate::Error::Config {
+                        field: format!("mover_resources.{part}.{k}"),
+                        reason: format!("{v:?} is not a quantity (such as 500m, 2, 256Mi, 1Gi)"),
+                    });
+                }
+            }
+        }
+        for (k, r) in &self.requests {
+            if let Some(l) = self.limits.get(k)
+                && crate::quantity::parse(r) > crate::quantity::parse(l)
+            {
+                return Err(crate::Error::Config {
+                    field: format!("mover_resources.requests.{k}"),
+                    reason: format!("the request {r} is above the limit {l}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The pod spec's `resources` for the mover's container.
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({"requests": self.requests, "limits": self.limits})
+    }
+
+    /// What one mover pod counts against quota key `key` (`requests.cpu`,
+    /// `cpu`, `limits.memory`, `pods`, ...); `None` for keys it does not
+    /// touch. A request not given is its limit, as the API server defaults
+    /// it.
+    pub fn amount(&self, key: &str) -> Option<f64> {
+        let get = |m: &BTreeMap<String, String>, r: &str| {
+            m.get(r).and_then(|v| crate::quantity::parse(v))
+        };
+        match key {
+            "pods" | "count/pods" => Some(1.0),
+            "cpu" | "memory" => get(&self.requests, key).or_else(|| get(&self.limits, key)),
+            _ => {
+                if let Some(r) = key.strip_prefix("requests.") {
+                    get(&self.requests, r).or_else(|| get(&self.limits, r))
+                } else if let Some(r) = key.strip_prefix("limits.") {
+                    get(&self.limits, r)
+                } else {
+                    None
+                }
+            }
+        }
+    }
 }
 
 impl PreflightConfig {
@@ -71,6 +164,7 @@ impl PreflightConfig {
             buckets,
             default_bucket,
             mover_available,
+            mover_resources: MoverResources::default(),
         })
     }
 }
@@ -83,6 +177,7 @@ impl Default for PreflightConfig {
             buckets: BTreeSet::new(),
             default_bucket: None,
             mover_available: false,
+            mover_resources: MoverResources::default(),
         }
     }
 }
@@ -178,6 +273,9 @@ pub enum Rule {
     /// A ReadWriteOncePod volume that must be copied live is mounted by a
     /// running pod: no mover pod may mount it too.
     LiveVolumeInUse,
+    /// A source namespace's ResourceQuota has no room for the mover pods
+    /// the clone makes there (`mover_resources` each).
+    MoverPodExceedsQuota,
     /// The mover's bucket refused preflight's probe (list, and for a clone
     /// put, get and delete of a small object): its credentials or policy do
     /// not let ferry use it. Checked by the cluster part, not [`preflight`].
@@ -406,6 +504,7 @@ pub fn preflight(
     }
     check_bucket(&mut c);
     check_pod_security(&mut c);
+    check_quotas(&mut c);
     check_cluster_objects(&mut c);
     check_dependencies(&mut c);
     warn_hazards(&mut c);
@@ -814,6 +913,100 @@ fn check_pod_security(c: &mut Checker<'_>) {
                 "lower the level to baseline for the clone (kubectl --context {source} label namespace {ns} {POD_SECURITY_ENFORCE_LABEL}=baseline --overwrite; the copy takes the label as it is then) and raise it again on both afterwards, or keep these volumes on a storage class that can snapshot in the same cluster"
             ),
         );
+    }
+}
+
+/// What `pod` counts against quota key `key`: its containers' requests
+/// (a request not given is its limit) or limits, or 1 for `pods`.
+fn pod_amount(pod: &Value, key: &str) -> f64 {
+    if matches!(key, "pods" | "count/pods") {
+        return 1.0;
+    }
+    let (part, resource) = match key.split_once('.') {
+        Some((p, r)) => (p, r),
+        None => ("requests", key),
+    };
+    pod.pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| {
+            let get = |p: &str| {
+                c.pointer(&format!("/resources/{p}/{resource}"))
+                    .and_then(Value::as_str)
+                    .and_then(crate::quantity::parse)
+            };
+            match part {
+                "requests" => get("requests").or_else(|| get("limits")),
+                _ => get("limits"),
+            }
+        })
+        .sum()
+}
+
+/// Mover pods run in the source namespaces (one per volume there that goes
+/// through the mover, all at once at worst): each ResourceQuota there must
+/// have room for them, over what is used now (the quota's `status.used`,
+/// else the sum over the pods preflight listed). The destination's quotas
+/// are applied after the volumes, so they never hold a mover pod.
+fn check_quotas(c: &mut Checker<'_>) {
+    let mut movers: BTreeMap<String, usize> = BTreeMap::new();
+    for v in &c.report.volumes {
+        if v.path.is_some_and(CopyPath::uses_mover) {
+            *movers.entry(v.source_namespace.clone()).or_default() += 1;
+        }
+    }
+    let res = c.config.mover_resources.clone();
+    for (ns, count) in movers {
+        let Some(inv) = c.inv.namespaces.get(&ns) else {
+            continue;
+        };
+        let quotas: Vec<&Value> = inv
+            .objects
+            .iter()
+            .filter(|o| is(o, "", "ResourceQuota"))
+            .collect();
+        let mut found = Vec::new();
+        for q in quotas {
+            let hard = q.pointer("/spec/hard").and_then(Value::as_object);
+            for (key, limit) in hard.into_iter().flatten() {
+                let (Some(per_pod), Some(limit)) = (
+                    res.amount(key),
+                    limit.as_str().and_then(crate::quantity::parse),
+                ) else {
+                    continue;
+                };
+                let used = q
+                    .pointer("/status/used")
+                    .and_then(|u| u.get(key))
+                    .and_then(Value::as_str)
+                    .and_then(crate::quantity::parse)
+                    .unwrap_or_else(|| inv.running_pods.iter().map(|p| pod_amount(p, key)).sum());
+                let need = per_pod * count as f64;
+                if used + need > limit * (1.0 + 1e-9) {
+                    let memory = key.contains("memory");
+                    let show = |v: f64| crate::quantity::display(v, memory);
+                    found.push(format!(
+                        "ResourceQuota {} allows {key}={} with {} used, and {count} mover pod(s) need {}",
+                        name(q),
+                        show(limit),
+                        show(used),
+                        show(need)
+                    ));
+                }
+            }
+        }
+        if !found.is_empty() {
+            c.refuse(
+                format!("Namespace {ns}"),
+                Rule::MoverPodExceedsQuota,
+                format!(
+                    "the data mover runs {count} pod(s) in namespace {ns} during the clone, and its quota has no room for them: {}",
+                    found.join("; ")
+                ),
+                "raise the quota for the clone, or give mover pods less (mover_resources in the daemon's config)",
+            );
+        }
     }
 }
 

@@ -70,6 +70,24 @@ async fn assert_no_leftovers(w: &World, run: ferry_store::RunId) {
     }
 }
 
+/// Submits `spec`, which must be refused for one reason, before anything is
+/// written on either cluster: the refusal's text.
+async fn refused_writing_nothing(w: &World, spec: &ferry_steps::spec::CloneSpec) -> String {
+    w.src.settle().await;
+    w.dst.settle().await;
+    let (src_rv, dst_rv) = (w.src.resource_version(), w.dst.resource_version());
+    let (run, phase) = w.clone(spec).await;
+    assert_eq!(phase, Phase::Refused, "{}", w.steps(run));
+    let refusals = w.engine.load(run).unwrap().refusals;
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert_eq!(
+        (w.src.resource_version(), w.dst.resource_version()),
+        (src_rv, dst_rv),
+        "nothing written"
+    );
+    refusals[0].to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_attribute_survives_a_cross_cluster_clone() {
     let bucket_dir = tempfile::tempdir().unwrap();
@@ -732,25 +750,13 @@ async fn mover_pods_meet_pod_security_baseline_and_restricted_is_refused_before_
     // restricted: mover pods (root) cannot run there, nor in the copy,
     // which carries the label. Refused by preflight, nothing written.
     apply_yaml(&src, &level("restricted")).await;
-    w.src.settle().await;
-    w.dst.settle().await;
-    let (src_rv, dst_rv) = (w.src.resource_version(), w.dst.resource_version());
-    let (run, phase) = w.clone(&spec("locked", "vol", "vol-locked", false)).await;
-    assert_eq!(phase, Phase::Refused, "{}", w.steps(run));
-    let refusals = w.engine.load(run).unwrap().refusals;
-    assert_eq!(refusals.len(), 1, "{refusals:?}");
-    let text = refusals[0].to_string();
+    let text = refused_writing_nothing(&w, &spec("locked", "vol", "vol-locked", false)).await;
     assert!(
         text.contains("Namespace vol")
             && text.contains("mover-pod-forbidden")
             && text.contains("files")
             && text.contains("enforce=baseline"),
         "{text}"
-    );
-    assert_eq!(
-        (w.src.resource_version(), w.dst.resource_version()),
-        (src_rv, dst_rv),
-        "nothing written"
     );
 
     // baseline: the mover pods are admitted on both sides.
@@ -922,26 +928,13 @@ async fn a_live_read_write_once_pod_volume_in_use_is_refused_naming_its_user() {
     .await;
     pv_dir(&src, "solo", "data").await;
     app_using(&w, "solo", "data").await;
-    w.src.settle().await;
-    w.dst.settle().await;
-    let (src_rv, dst_rv) = (w.src.resource_version(), w.dst.resource_version());
-
     // The mover pod could never be placed: refused before anything is made.
-    let (run, phase) = w.clone(&spec("solo", "solo", "solo-copy", true)).await;
-    assert_eq!(phase, Phase::Refused, "{}", w.steps(run));
-    let refusals = w.engine.load(run).unwrap().refusals;
-    assert_eq!(refusals.len(), 1, "{refusals:?}");
-    let text = refusals[0].to_string();
+    let text = refused_writing_nothing(&w, &spec("solo", "solo", "solo-copy", true)).await;
     assert!(
         text.contains("solo/data")
             && text.contains("live-volume-in-use")
             && text.contains("pod(s) app-"),
         "{text}"
-    );
-    assert_eq!(
-        (w.src.resource_version(), w.dst.resource_version()),
-        (src_rv, dst_rv),
-        "nothing written"
     );
     w.stop().await;
 }
@@ -959,25 +952,12 @@ async fn a_bucket_ferry_cannot_write_refuses_the_clone_before_anything_is_made()
     .with_retry(fast_retry());
     let w = World::start(read_only, small_chunk_settings(4)).await;
     seeded(&w, &small_tree(15)).await;
-    w.src.settle().await;
-    w.dst.settle().await;
-    let (src_rv, dst_rv) = (w.src.resource_version(), w.dst.resource_version());
-
-    let (run, phase) = w.clone(&spec("ro", "vol", "vol-ro", false)).await;
-    assert_eq!(phase, Phase::Refused, "{}", w.steps(run));
-    let refusals = w.engine.load(run).unwrap().refusals;
-    assert_eq!(refusals.len(), 1, "{refusals:?}");
-    let text = refusals[0].to_string();
+    let text = refused_writing_nothing(&w, &spec("ro", "vol", "vol-ro", false)).await;
     assert!(
         text.contains("bucket-unusable")
             && text.contains("s3:PutObject")
             && text.contains("credentials and policy"),
         "{text}"
-    );
-    assert_eq!(
-        (w.src.resource_version(), w.dst.resource_version()),
-        (src_rv, dst_rv),
-        "nothing written"
     );
     // A dry-run only lists the bucket: it sees no refusal there.
     let env = clone_env(
@@ -991,5 +971,36 @@ async fn a_bucket_ferry_cannot_write_refuses_the_clone_before_anything_is_made()
         .await
         .unwrap();
     assert!(dry.refusals.is_empty(), "{:?}", dry.refusals);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mover_pods_give_their_resources_to_a_namespace_with_a_quota() {
+    let bucket_dir = tempfile::tempdir().unwrap();
+    let w = World::start(file_bucket(bucket_dir.path()), small_chunk_settings(4)).await;
+    let dir = seeded(&w, &small_tree(16)).await;
+    let src = w.source().await;
+    let quota = |memory: &str| {
+        format!(
+            "apiVersion: v1\nkind: ResourceQuota\nmetadata: {{name: compute, namespace: vol}}\nspec: {{hard: {{requests.cpu: '2', requests.memory: 2Gi, limits.cpu: '4', limits.memory: {memory}, pods: '10'}}}}\n"
+        )
+    };
+
+    // The quota has room: mover pods that say what they need are admitted
+    // (the API server refuses pods that do not, in such a namespace).
+    apply_yaml(&src, &quota("4Gi")).await;
+    let (run, phase) = w.clone(&spec("quota", "vol", "vol-quota", false)).await;
+    assert_eq!(phase, Phase::Succeeded, "{}", w.steps(run));
+    compare_trees(&dir, &w.dst_pv("vol-quota", "files").await).unwrap();
+
+    // Too little for one mover pod's 1Gi memory limit: refused before
+    // anything is made.
+    apply_yaml(&src, &quota("512Mi")).await;
+    let text = refused_writing_nothing(&w, &spec("tight", "vol", "vol-tight", false)).await;
+    assert!(
+        text.contains("mover-pod-exceeds-quota")
+            && text.contains("limits.memory=512Mi with 0 used, and 1 mover pod(s) need 1Gi"),
+        "{text}"
+    );
     w.stop().await;
 }

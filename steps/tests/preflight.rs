@@ -665,3 +665,103 @@ fn refuses_a_live_read_write_once_pod_volume_that_a_pod_uses() {
     assert_eq!(r.refusals, vec![]);
     assert_eq!(path_of(&r, "solo"), Some(CopyPath::LiveViaMover));
 }
+
+#[test]
+fn refuses_mover_pods_that_the_source_namespace_quota_has_no_room_for() {
+    use ferry_steps::preflight::MoverResources;
+    let cfg = PreflightConfig {
+        mover_available: true,
+        ..config()
+    };
+    // data-db-0 goes through the mover (another driver).
+    let mut spec = in_cluster_spec();
+    map_class(&mut spec, "fast", "gp3");
+    let quota = |hard: Value, used: Option<Value>| {
+        let mut q = json!({"apiVersion": "v1", "kind": "ResourceQuota",
+            "metadata": {"name": "compute", "namespace": "shop", "uid": "uid-q", "resourceVersion": "3"},
+            "spec": {"hard": hard}});
+        if let Some(u) = used {
+            q["status"] = json!({"hard": q["spec"]["hard"].clone(), "used": u});
+        }
+        q
+    };
+    let with = |q: Value, cfg: &PreflightConfig| run(&spec, vec![q], &same_cluster_facts(), cfg);
+
+    // Room for one mover pod (100m, 128Mi requested; 1 CPU, 1Gi limits).
+    let roomy = quota(
+        json!({"requests.cpu": "2", "limits.memory": "4Gi", "pods": "10"}),
+        Some(json!({"requests.cpu": "1500m", "limits.memory": "3Gi", "pods": "4"})),
+    );
+    assert_eq!(with(roomy, &cfg).refusals, vec![]);
+
+    // Its status says 3.5Gi of 4Gi limits.memory are used: no room for 1Gi.
+    let full = quota(
+        json!({"requests.cpu": "2", "limits.memory": "4Gi"}),
+        Some(json!({"requests.cpu": "1", "limits.memory": "3584Mi"})),
+    );
+    let r = with(full.clone(), &cfg);
+    assert_eq!(rules(&r), vec![Rule::MoverPodExceedsQuota]);
+    let x = &r.refusals[0];
+    assert_eq!(x.object, "Namespace shop");
+    assert!(
+        x.message
+            .contains("ResourceQuota compute allows limits.memory=4Gi with 3584Mi used, and 1 mover pod(s) need 1Gi")
+            && !x.message.contains("requests.cpu"),
+        "{x}"
+    );
+    assert!(x.fix.contains("mover_resources"), "{x}");
+
+    // Smaller mover pods fit.
+    let mut small = cfg.clone();
+    small.mover_resources = MoverResources {
+        requests: [
+            ("cpu".into(), "100m".into()),
+            ("memory".into(), "64Mi".into()),
+        ]
+        .into(),
+        limits: [
+            ("cpu".into(), "500m".into()),
+            ("memory".into(), "256Mi".into()),
+        ]
+        .into(),
+    };
+    assert_eq!(with(full, &small).refusals, vec![]);
+
+    // Without a status, the pods listed say what is used: the app's pods
+    // hold 1950m of a 2-CPU requests.cpu quota.
+    let pod = |name: &str, cpu: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}")},
+            "spec": {"containers": [{"name": "c", "image": "x", "resources": {"requests": {"cpu": cpu}}}]},
+            "status": {"phase": "Running"}})
+    };
+    let r = run(
+        &spec,
+        vec![
+            quota(json!({"requests.cpu": "2"}), None),
+            pod("a", "1"),
+            pod("b", "950m"),
+        ],
+        &same_cluster_facts(),
+        &cfg,
+    );
+    assert_eq!(rules(&r), vec![Rule::MoverPodExceedsQuota]);
+    assert!(
+        r.refusals[0]
+            .message
+            .contains("requests.cpu=2 with 1950m used"),
+        "{}",
+        r.refusals[0]
+    );
+    // Bad resources in the config are named.
+    let bad = MoverResources {
+        requests: [("cpu".into(), "2".into())].into(),
+        limits: [("cpu".into(), "1".into())].into(),
+    };
+    assert!(
+        bad.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("mover_resources.requests.cpu")
+    );
+}

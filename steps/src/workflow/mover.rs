@@ -255,13 +255,15 @@ fn mover_err(e: ferry_mover::Error) -> StepError {
     }
 }
 
-/// A mover pod on `claim`; on `node` when given (a live ReadWriteOnce
-/// volume mounts only where its users run).
+/// A mover pod on `claim` with `resources`; on `node` when given (a live
+/// ReadWriteOnce volume mounts only where its users run).
+#[allow(clippy::too_many_arguments)]
 fn pod(
     name: &str,
     ns: &str,
     run: &str,
     image: &str,
+    resources: &Value,
     claim: &str,
     read_only: bool,
     node: Option<&str>,
@@ -272,6 +274,7 @@ fn pod(
         "spec": {
             "restartPolicy": "Never",
             "containers": [{"name": "mover", "image": image, "command": ["sleep", "86400"],
+                "resources": resources,
                 // Root, for tar to read every file and keep owners; nothing
                 // more: what PodSecurity `baseline` and most policies ask.
                 "securityContext": {"allowPrivilegeEscalation": false,
@@ -1283,6 +1286,7 @@ impl MoverVolumeStep {
                 &input.destination_namespace,
                 &run,
                 &self.env.mover_image,
+                &self.env.preflight.mover_resources.to_json(),
                 &input.pvc,
                 false,
                 None,
@@ -1375,6 +1379,7 @@ impl MoverVolumeStep {
                 &input.source_namespace,
                 &run,
                 &self.env.mover_image,
+                &self.env.preflight.mover_resources.to_json(),
                 &claim,
                 read_only,
                 node.as_deref(),
@@ -1607,7 +1612,20 @@ mod tests {
 
     #[test]
     fn mover_pods_are_root_with_no_escalation_and_the_default_seccomp_profile() {
-        let p = pod("up", "ns", "run", "img", "claim", true, Some("node-3"));
+        let resources = crate::preflight::MoverResources::default().to_json();
+        let p = pod(
+            "up",
+            "ns",
+            "run",
+            "img",
+            &resources,
+            "claim",
+            true,
+            Some("node-3"),
+        );
+        assert_eq!(p["spec"]["containers"][0]["resources"], resources);
+        assert_eq!(resources["requests"]["cpu"], "100m");
+        assert_eq!(resources["limits"]["memory"], "1Gi");
         let sc = &p["spec"]["containers"][0]["securityContext"];
         assert_eq!(sc["allowPrivilegeEscalation"], false);
         assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
@@ -1618,7 +1636,7 @@ mod tests {
             "node-3"
         );
         assert!(
-            pod("down", "ns", "run", "img", "claim", false, None)["spec"]
+            pod("down", "ns", "run", "img", &resources, "claim", false, None)["spec"]
                 .get("affinity")
                 .is_none()
         );
