@@ -83,6 +83,10 @@ pub struct Config {
     /// without them; preflight checks the source namespaces' quotas have
     /// room.
     pub mover_resources: Option<ferry_steps::preflight::MoverResources>,
+    /// How long a mover pod may take to run (scheduled, volume attached,
+    /// image pulled) before its volume's step fails, quoting what the
+    /// cluster says of it (a duration such as `"10m"`, the default).
+    pub mover_pod_start_timeout: Option<String>,
     /// How long a clone may take to become Healthy on the destination when
     /// it does not say (a duration such as `"15m"`; default `"10m"`).
     pub default_health_deadline: Option<String>,
@@ -364,6 +368,9 @@ impl Config {
         }
         if let Some(d) = &self.default_health_deadline {
             parse_duration(d).map_err(|r| invalid("default_health_deadline", r))?;
+        }
+        if let Some(d) = &self.mover_pod_start_timeout {
+            parse_duration(d).map_err(|r| invalid("mover_pod_start_timeout", r))?;
         }
         if let Some(d) = &self.retention.finished {
             parse_duration(d).map_err(|r| invalid("retention.finished", r))?;

@@ -140,6 +140,11 @@ pub fn clone_workflow(config: &Config, kubeconfigs: &[PathBuf]) -> anyhow::Resul
                     .unwrap_or(ferry_steps::workflow::DEFAULT_TRANSFER_LIMIT),
             );
             mover.download.read_back = config.mover_read_back.unwrap_or(false);
+            if let Some(t) = &config.mover_pod_start_timeout {
+                // Checked when the config was read.
+                mover.pod_start_timeout = crate::config::parse_duration(t)
+                    .map_err(|e| anyhow::anyhow!("config: mover_pod_start_timeout: {e}"))?;
+            }
             mover
         },
     }))

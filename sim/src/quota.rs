@@ -120,8 +120,9 @@ pub fn refusal(quotas: &[&Value], pods: &[&Value], pod: &Value) -> Option<String
                 missing.join("; ")
             ));
         }
-        // (key, requested, used, limited) of each resource it would pass.
-        let over: Vec<[String; 4]> = keys
+        // (key, requested, used, limited) of each resource it would pass,
+        // sorted by key as the API server prints them.
+        let mut over: Vec<[String; 4]> = keys
             .iter()
             .filter_map(|(key, limit)| {
                 let used: f64 = pods.iter().map(|p| pod_amount(p, key)).sum();
@@ -136,6 +137,7 @@ pub fn refusal(quotas: &[&Value], pods: &[&Value], pod: &Value) -> Option<String
                 })
             })
             .collect();
+        over.sort();
         if !over.is_empty() {
             let list = |i: usize| {
                 over.iter()
@@ -183,7 +185,8 @@ mod tests {
         );
         let why = refusal(&[&quota], &[&small, &small, &small], &small).unwrap();
         assert!(
-            why.contains("pods=1") && why.contains("limited: requests.cpu=1,pods=3"),
+            why.contains("requested: pods=1,requests.cpu=300m")
+                && why.ends_with("limited: pods=3,requests.cpu=1"),
             "{why}"
         );
     }

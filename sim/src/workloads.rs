@@ -713,6 +713,15 @@ fn unschedulable(
         .pointer("/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms")
         .and_then(Value::as_array);
     let term_matches = |t: &Value| {
+        // An empty term matches no node.
+        let empty = ["matchFields", "matchExpressions"].iter().all(|k| {
+            t.get(*k)
+                .and_then(Value::as_array)
+                .is_none_or(|a| a.is_empty())
+        });
+        if empty {
+            return false;
+        }
         let by_name = t
             .get("matchFields")
             .and_then(Value::as_array)

@@ -1329,3 +1329,47 @@ async fn pod_security_admission_refuses_pods_the_namespace_level_forbids() -> Re
     c.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn resource_quota_admission_refuses_pods_that_do_not_say_or_do_not_fit() -> Result<()> {
+    use k8s_openapi::api::core::v1::{Pod, ResourceQuota};
+    let c = start().await;
+    let client = c.client()?;
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), "default");
+    quotas
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "compute"},
+                "spec": {"hard": {"requests.cpu": "1", "limits.memory": "1Gi"}}}))?,
+        )
+        .await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let pod = |name: &str, resources: Value| -> Result<Pod> {
+        Ok(serde_json::from_value(json!({"metadata": {"name": name},
+            "spec": {"containers": [{"name": "c", "image": "x", "resources": resources}]}}))?)
+    };
+    let e = api_err(
+        pods.create(&PostParams::default(), &pod("bare", json!({}))?)
+            .await
+            .unwrap_err(),
+    );
+    assert!(e.is_forbidden());
+    assert_eq!(
+        e.message,
+        "pods \"bare\" is forbidden: failed quota: compute: must specify limits.memory for: c; requests.cpu for: c"
+    );
+    let sized = json!({"requests": {"cpu": "600m"}, "limits": {"memory": "512Mi"}});
+    pods.create(&PostParams::default(), &pod("first", sized.clone())?)
+        .await?;
+    let e = api_err(
+        pods.create(&PostParams::default(), &pod("second", sized)?)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        e.message,
+        "pods \"second\" is forbidden: exceeded quota: compute, requested: requests.cpu=600m, used: requests.cpu=600m, limited: requests.cpu=1"
+    );
+    c.stop().await;
+    Ok(())
+}

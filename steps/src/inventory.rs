@@ -126,6 +126,11 @@ pub struct NamespaceInventory {
     /// part of the bundle.
     #[serde(skip)]
     pub running_pods: Vec<Value>,
+    /// The namespace's ResourceQuotas and LimitRanges, whether the clone
+    /// carries them or not (filtered out, or owned by a controller): what
+    /// the mover pods must fit. Not part of the bundle.
+    #[serde(skip)]
+    pub pod_limits: Vec<Value>,
 }
 
 /// Everything of the source that a clone needs.
@@ -493,6 +498,14 @@ impl Inventory {
             .collect();
 
         namespaced.sort_by_key(sort_key);
+        for limit in namespaced
+            .iter()
+            .filter(|o| is(o, "", "ResourceQuota") || is(o, "", "LimitRange"))
+        {
+            if let Some(ns) = inv.namespaces.get_mut(namespace(limit).unwrap_or("")) {
+                ns.pod_limits.push(limit.clone());
+            }
+        }
         for pod in namespaced.iter().filter(|o| {
             is(o, "", "Pod") && !matches!(str_at(o, "/status/phase"), Some("Succeeded" | "Failed"))
         }) {

@@ -274,8 +274,13 @@ pub enum Rule {
     /// running pod: no mover pod may mount it too.
     LiveVolumeInUse,
     /// A source namespace's ResourceQuota has no room for the mover pods
-    /// the clone makes there (`mover_resources` each).
+    /// (`mover_resources` each) and temporary PVCs the clone makes there,
+    /// or requires a resource `mover_resources` does not give.
     MoverPodExceedsQuota,
+    /// A source namespace's LimitRange does not admit `mover_resources`
+    /// (above a maximum, below a minimum, or a limit too far above its
+    /// request).
+    MoverPodOutsideLimitRange,
     /// The mover's bucket refused preflight's probe (list, and for a clone
     /// put, get and delete of a small object): its credentials or policy do
     /// not let ferry use it. Checked by the cluster part, not [`preflight`].
@@ -770,7 +775,7 @@ fn check_volume(c: &mut Checker<'_>, pvc: &Value) -> VolumePlan {
                 users.join(", ")
             ),
             format!(
-                "scale the workload using it to 0 for the clone (kubectl --context {source} -n {src_ns} scale ...; the copy then has 0 replicas too: scale both up after), or map its class to one whose driver snapshots"
+                "scale the workload using it to 0 for the clone (kubectl --context {source} -n {src_ns} scale ...; the copy then has 0 replicas too: scale both up after), or, if its driver can snapshot, give it a VolumeSnapshotClass: ferry then copies it from a snapshot"
             ),
         );
     }
@@ -944,36 +949,124 @@ fn pod_amount(pod: &Value, key: &str) -> f64 {
         .sum()
 }
 
+/// Whether quota `q` holds the mover's pods: they do not terminate on
+/// their own, give resources (not best effort), have no priority class and
+/// no cross-namespace affinity. A quota scoped otherwise does not count
+/// them.
+fn quota_applies(q: &Value) -> bool {
+    let scopes = q
+        .pointer("/spec/scopes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str);
+    for scope in scopes {
+        if matches!(
+            scope,
+            "Terminating" | "BestEffort" | "CrossNamespacePodAffinity" | "PriorityClass"
+        ) {
+            return false;
+        }
+    }
+    let exprs = q
+        .pointer("/spec/scopeSelector/matchExpressions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten();
+    for e in exprs {
+        let (scope, op) = (str_at(e, "/scopeName"), str_at(e, "/operator"));
+        match (scope, op) {
+            (Some("Terminating" | "BestEffort" | "CrossNamespacePodAffinity"), Some("Exists"))
+            | (Some("NotTerminating" | "NotBestEffort"), Some("DoesNotExist"))
+            | (Some("PriorityClass"), Some("In" | "Exists")) => return false,
+            _ => {}
+        }
+    }
+    true
+}
+
 /// Mover pods run in the source namespaces (one per volume there that goes
-/// through the mover, all at once at worst): each ResourceQuota there must
-/// have room for them, over what is used now (the quota's `status.used`,
-/// else the sum over the pods preflight listed). The destination's quotas
-/// are applied after the volumes, so they never hold a mover pod.
+/// through the mover, all at once at worst), each volume copied from a
+/// snapshot with a temporary PVC there too: each ResourceQuota there that
+/// holds them must have room, over what is used now (the quota's
+/// `status.used`, else the sum over the pods preflight listed), and must
+/// not require a resource `mover_resources` does not give; each LimitRange
+/// must admit `mover_resources`. The destination's quotas are applied
+/// after the volumes, so they never hold a mover pod.
 fn check_quotas(c: &mut Checker<'_>) {
-    let mut movers: BTreeMap<String, usize> = BTreeMap::new();
+    #[derive(Default)]
+    struct Need {
+        pods: usize,
+        claims: Vec<(Option<String>, f64)>,
+    }
+    let mut needs: BTreeMap<String, Need> = BTreeMap::new();
     for v in &c.report.volumes {
-        if v.path.is_some_and(CopyPath::uses_mover) {
-            *movers.entry(v.source_namespace.clone()).or_default() += 1;
+        let Some(path) = v.path.filter(|p| p.uses_mover()) else {
+            continue;
+        };
+        let n = needs.entry(v.source_namespace.clone()).or_default();
+        n.pods += 1;
+        if path == CopyPath::SnapshotViaMover {
+            let size = v.size.as_deref().and_then(crate::quantity::parse);
+            n.claims.push((v.source_class.clone(), size.unwrap_or(0.0)));
         }
     }
     let res = c.config.mover_resources.clone();
-    for (ns, count) in movers {
+    for (ns, need) in needs {
         let Some(inv) = c.inv.namespaces.get(&ns) else {
             continue;
         };
-        let quotas: Vec<&Value> = inv
-            .objects
-            .iter()
-            .filter(|o| is(o, "", "ResourceQuota"))
-            .collect();
+        let count = need.pods;
         let mut found = Vec::new();
-        for q in quotas {
+        for q in inv
+            .pod_limits
+            .iter()
+            .filter(|o| is(o, "", "ResourceQuota") && quota_applies(o))
+        {
             let hard = q.pointer("/spec/hard").and_then(Value::as_object);
             for (key, limit) in hard.into_iter().flatten() {
-                let (Some(per_pod), Some(limit)) = (
-                    res.amount(key),
-                    limit.as_str().and_then(crate::quantity::parse),
-                ) else {
+                let Some(limit) = limit.as_str().and_then(crate::quantity::parse) else {
+                    continue;
+                };
+                let claims_of = |class: Option<&str>| -> Vec<f64> {
+                    need.claims
+                        .iter()
+                        .filter(|(c, _)| class.is_none() || c.as_deref() == class)
+                        .map(|(_, size)| *size)
+                        .collect()
+                };
+                let class_key = key.split_once(".storageclass.storage.k8s.io/");
+                let amount = match (key.as_str(), class_key) {
+                    ("persistentvolumeclaims" | "count/persistentvolumeclaims", _) => {
+                        Some(claims_of(None).len() as f64)
+                    }
+                    ("requests.storage", _) => Some(claims_of(None).iter().sum()),
+                    (_, Some((class, "persistentvolumeclaims"))) => {
+                        Some(claims_of(Some(class)).len() as f64)
+                    }
+                    (_, Some((class, "requests.storage"))) => {
+                        Some(claims_of(Some(class)).iter().sum())
+                    }
+                    (k, _)
+                        if matches!(k, "cpu" | "memory")
+                            || k.starts_with("requests.")
+                            || k.starts_with("limits.") =>
+                    {
+                        match res.amount(k) {
+                            Some(per_pod) => Some(per_pod * count as f64),
+                            None if k.ends_with("cpu") || k.ends_with("memory") => {
+                                found.push(format!(
+                                    "ResourceQuota {} requires {k} of every pod, and mover_resources gives none",
+                                    name(q)
+                                ));
+                                None
+                            }
+                            None => None,
+                        }
+                    }
+                    (k, _) => res.amount(k).map(|per_pod| per_pod * count as f64),
+                };
+                let Some(need_now) = amount.filter(|a| *a > 0.0) else {
                     continue;
                 };
                 let used = q
@@ -982,16 +1075,15 @@ fn check_quotas(c: &mut Checker<'_>) {
                     .and_then(Value::as_str)
                     .and_then(crate::quantity::parse)
                     .unwrap_or_else(|| inv.running_pods.iter().map(|p| pod_amount(p, key)).sum());
-                let need = per_pod * count as f64;
-                if used + need > limit * (1.0 + 1e-9) {
-                    let memory = key.contains("memory");
+                if used + need_now > limit * (1.0 + 1e-9) {
+                    let memory = key.contains("memory") || key.contains("storage");
                     let show = |v: f64| crate::quantity::display(v, memory);
                     found.push(format!(
-                        "ResourceQuota {} allows {key}={} with {} used, and {count} mover pod(s) need {}",
+                        "ResourceQuota {} allows {key}={} with {} used, and the mover's pods and temporary claims there need {}",
                         name(q),
                         show(limit),
                         show(used),
-                        show(need)
+                        show(need_now)
                     ));
                 }
             }
@@ -1007,7 +1099,92 @@ fn check_quotas(c: &mut Checker<'_>) {
                 "raise the quota for the clone, or give mover pods less (mover_resources in the daemon's config)",
             );
         }
+        let outside: Vec<String> = inv
+            .pod_limits
+            .iter()
+            .filter(|o| is(o, "", "LimitRange"))
+            .flat_map(|lr| limit_range_problems(lr, &res))
+            .collect();
+        if !outside.is_empty() {
+            c.refuse(
+                format!("Namespace {ns}"),
+                Rule::MoverPodOutsideLimitRange,
+                format!(
+                    "namespace {ns}'s limits refuse the data mover's pods: {}",
+                    outside.join("; ")
+                ),
+                "set mover_resources in the daemon's config within the LimitRange, or widen it for the clone",
+            );
+        }
     }
+}
+
+/// Where `mover_resources` falls outside LimitRange `lr`'s `Container` and
+/// `Pod` items (one container: the same sums), in the API server's terms.
+fn limit_range_problems(lr: &Value, res: &MoverResources) -> Vec<String> {
+    let mut out = Vec::new();
+    let get =
+        |m: &BTreeMap<String, String>, r: &str| m.get(r).and_then(|v| crate::quantity::parse(v));
+    for item in lr
+        .pointer("/spec/limits")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|i| matches!(str_at(i, "/type"), Some("Container" | "Pod")))
+    {
+        let per = str_at(item, "/type").unwrap_or("Container");
+        let bound = |field: &str, r: &str| {
+            item.pointer(&format!("/{field}/{r}"))
+                .and_then(Value::as_str)
+                .and_then(crate::quantity::parse)
+        };
+        for r in ["cpu", "memory"] {
+            let memory = r == "memory";
+            let show = |v: f64| crate::quantity::display(v, memory);
+            let (request, limit) = (
+                get(&res.requests, r).or_else(|| get(&res.limits, r)),
+                get(&res.limits, r),
+            );
+            if let Some(max) = bound("max", r) {
+                match limit {
+                    Some(l) if l > max * (1.0 + 1e-9) => out.push(format!(
+                        "LimitRange {}: maximum {r} usage per {per} is {}, but the mover's limit is {}",
+                        name(lr),
+                        show(max),
+                        show(l)
+                    )),
+                    None => out.push(format!(
+                        "LimitRange {}: a {per} must give a {r} limit (at most {}), and mover_resources gives none",
+                        name(lr),
+                        show(max)
+                    )),
+                    _ => {}
+                }
+            }
+            if let (Some(min), Some(req)) = (bound("min", r), request)
+                && req < min * (1.0 - 1e-9)
+            {
+                out.push(format!(
+                    "LimitRange {}: minimum {r} usage per {per} is {}, but the mover's request is {}",
+                    name(lr),
+                    show(min),
+                    show(req)
+                ));
+            }
+            if let (Some(ratio), Some(req), Some(l)) =
+                (bound("maxLimitRequestRatio", r), request, limit)
+                && req > 0.0
+                && l / req > ratio * (1.0 + 1e-9)
+            {
+                out.push(format!(
+                    "LimitRange {}: {r} max limit to request ratio per {per} is {ratio}, but the mover's is {}",
+                    name(lr),
+                    l / req
+                ));
+            }
+        }
+    }
+    out
 }
 
 fn check_cluster_objects(c: &mut Checker<'_>) {

@@ -4,9 +4,11 @@
 /// The value of quantity `q` in its base unit; `None` when it is not one.
 pub fn parse(q: &str) -> Option<f64> {
     let q = q.trim();
+    // The suffix is the trailing letters, unless they are an exponent's
+    // `e` with digits after it (`2e3`); a lone trailing `E` is exa.
     let split = q
-        .find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E')
-        .unwrap_or(q.len());
+        .rfind(|c: char| !c.is_ascii_alphabetic())
+        .map_or(0, |i| i + 1);
     let (num, suffix) = q.split_at(split);
     let mult = match suffix {
         "" => 1.0,
@@ -65,6 +67,8 @@ mod tests {
         assert_eq!(parse("128Mi"), Some(134_217_728.0));
         assert_eq!(parse("1G"), Some(1e9));
         assert_eq!(parse("2e3"), Some(2000.0));
+        assert_eq!(parse("1E"), Some(1e18));
+        assert_eq!(parse("2Ei"), Some(2.0 * 1024f64.powi(6)));
         for bad in ["", "Mi", "1Xi", "-1", "+1", "1 Gi", "abc"] {
             assert_eq!(parse(bad), None, "{bad}");
         }

@@ -999,8 +999,43 @@ async fn mover_pods_give_their_resources_to_a_namespace_with_a_quota() {
     let text = refused_writing_nothing(&w, &spec("tight", "vol", "vol-tight", false)).await;
     assert!(
         text.contains("mover-pod-exceeds-quota")
-            && text.contains("limits.memory=512Mi with 0 used, and 1 mover pod(s) need 1Gi"),
+            && text.contains("limits.memory=512Mi with 0 used, and the mover's pods and temporary claims there need 1Gi"),
         "{text}"
     );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mover_pod_that_cannot_run_fails_the_step_quoting_the_scheduler() {
+    let bucket_dir = tempfile::tempdir().unwrap();
+    let mut settings = small_chunk_settings(4);
+    settings.pod_start_timeout = Duration::from_secs(2);
+    let w = World::start(file_bucket(bucket_dir.path()), settings).await;
+    let src = w.source().await;
+    apply_yaml(
+        &src,
+        &volumes_yaml("web", &[("cache", "efs", "ReadWriteOnce")]),
+    )
+    .await;
+    pv_dir(&src, "web", "cache").await;
+    // The volume's user runs on a node the mover pod cannot go to (here:
+    // one the cluster has no room on, as far as its scheduler knows).
+    apply_yaml(
+        &src,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: app, namespace: web}\nspec: {nodeName: node-full, containers: [{name: c, image: busybox}], volumes: [{name: d, persistentVolumeClaim: {claimName: cache}}]}\n",
+    )
+    .await;
+
+    let (run, phase) = w.clone(&spec("stuck", "web", "web-copy", true)).await;
+    assert_eq!(phase, Phase::RolledBack, "{}", w.steps(run));
+    let failures = step_failures(&w, run, "volume/web-copy/cache");
+    assert_eq!(failures.len(), 1, "permanent, not retried: {failures:?}");
+    assert!(
+        failures[0].contains("did not run within 2s")
+            && failures[0].contains("not scheduled (Unschedulable: 0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector"),
+        "{}",
+        failures[0]
+    );
+    assert_no_leftovers(&w, run).await;
     w.stop().await;
 }

@@ -705,7 +705,7 @@ fn refuses_mover_pods_that_the_source_namespace_quota_has_no_room_for() {
     assert_eq!(x.object, "Namespace shop");
     assert!(
         x.message
-            .contains("ResourceQuota compute allows limits.memory=4Gi with 3584Mi used, and 1 mover pod(s) need 1Gi")
+            .contains("ResourceQuota compute allows limits.memory=4Gi with 3584Mi used, and the mover's pods and temporary claims there need 1Gi")
             && !x.message.contains("requests.cpu"),
         "{x}"
     );
@@ -763,5 +763,107 @@ fn refuses_mover_pods_that_the_source_namespace_quota_has_no_room_for() {
             .unwrap_err()
             .to_string()
             .contains("mover_resources.requests.cpu")
+    );
+}
+
+#[test]
+fn quota_scopes_claims_required_resources_and_limit_ranges_are_checked_for_the_mover() {
+    use ferry_steps::preflight::MoverResources;
+    let cfg = PreflightConfig {
+        mover_available: true,
+        ..config()
+    };
+    // data-db-0 goes through the mover from a snapshot: a mover pod and a
+    // temporary claim in shop.
+    let mut spec = in_cluster_spec();
+    map_class(&mut spec, "fast", "gp3");
+    let obj = |kind: &str, name: &str, spec_: Value| {
+        json!({"apiVersion": "v1", "kind": kind,
+            "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}"), "resourceVersion": "3"},
+            "spec": spec_})
+    };
+    let check =
+        |extra: Vec<Value>, cfg: &PreflightConfig| run(&spec, extra, &same_cluster_facts(), cfg);
+
+    // A quota for best-effort pods does not hold mover pods.
+    let scoped = obj(
+        "ResourceQuota",
+        "be",
+        json!({"hard": {"pods": "0"}, "scopes": ["BestEffort"]}),
+    );
+    assert_eq!(check(vec![scoped], &cfg).refusals, vec![]);
+    // One that does, with no room for one more pod.
+    let pods = obj("ResourceQuota", "count", json!({"hard": {"pods": "0"}}));
+    assert_eq!(
+        rules(&check(vec![pods], &cfg)),
+        vec![Rule::MoverPodExceedsQuota]
+    );
+    // No room for the temporary claim.
+    let claims = obj(
+        "ResourceQuota",
+        "claims",
+        json!({"hard": {"persistentvolumeclaims": "0"}}),
+    );
+    let r = check(vec![claims], &cfg);
+    assert_eq!(rules(&r), vec![Rule::MoverPodExceedsQuota]);
+    assert!(
+        r.refusals[0].message.contains("persistentvolumeclaims=0"),
+        "{}",
+        r.refusals[0]
+    );
+    // A quota on limits.cpu, and mover pods configured without a CPU limit.
+    let mut no_cpu_limit = cfg.clone();
+    no_cpu_limit.mover_resources = MoverResources {
+        requests: [("cpu".into(), "100m".into())].into(),
+        limits: [("memory".into(), "1Gi".into())].into(),
+    };
+    let cpu = obj(
+        "ResourceQuota",
+        "cpu",
+        json!({"hard": {"limits.cpu": "10"}}),
+    );
+    let r = check(vec![cpu], &no_cpu_limit);
+    assert!(
+        r.refusals[0]
+            .message
+            .contains("requires limits.cpu of every pod, and mover_resources gives none"),
+        "{}",
+        r.refusals[0]
+    );
+    // A quota the clone leaves out (excluded kinds) still holds the pods.
+    let mut excluding = spec.clone();
+    excluding
+        .exclude
+        .push(serde_json::from_value(json!({"kind": "ResourceQuota"})).unwrap());
+    let pods = obj("ResourceQuota", "count", json!({"hard": {"pods": "0"}}));
+    let r = run(&excluding, vec![pods], &same_cluster_facts(), &cfg);
+    assert_eq!(rules(&r), vec![Rule::MoverPodExceedsQuota]);
+
+    // LimitRanges: a container maximum below the mover's limit, and the
+    // common ratio defaults (10 for CPU, 8 for memory), which the defaults meet.
+    let lr = |limits: Value| obj("LimitRange", "limits", json!({"limits": [limits]}));
+    let r = check(
+        vec![lr(json!({"type": "Container", "max": {"memory": "512Mi"}}))],
+        &cfg,
+    );
+    assert_eq!(rules(&r), vec![Rule::MoverPodOutsideLimitRange]);
+    assert!(
+        r.refusals[0]
+            .message
+            .contains("maximum memory usage per Container is 512Mi, but the mover's limit is 1Gi"),
+        "{}",
+        r.refusals[0]
+    );
+    let ratios =
+        lr(json!({"type": "Container", "maxLimitRequestRatio": {"cpu": "10", "memory": "8"}}));
+    assert_eq!(check(vec![ratios], &cfg).refusals, vec![]);
+    let tight = lr(json!({"type": "Container", "maxLimitRequestRatio": {"cpu": "4"}}));
+    let r = check(vec![tight], &cfg);
+    assert!(
+        r.refusals[0]
+            .message
+            .contains("cpu max limit to request ratio per Container is 4, but the mover's is 10"),
+        "{}",
+        r.refusals[0]
     );
 }

@@ -440,14 +440,17 @@ impl Bucket {
         let path = self.path(&["probes", &format!("{name}.json")]);
         let body = Bytes::from(format!("{{\"probe\":\"{name}\"}}"));
         self.put_overwrite(&path, body.clone()).await?;
-        let back = self.get_opt(&path).await?;
-        if back.as_ref() != Some(&body) {
-            return Err(Error::InvalidObject {
+        let read = match self.get_opt(&path).await {
+            Ok(back) if back.as_ref() == Some(&body) => Ok(()),
+            Ok(_) => Err(Error::InvalidObject {
                 path: path.to_string(),
                 reason: "the probe object read back is not what was written".into(),
-            });
-        }
-        self.delete(&path).await
+            }),
+            Err(e) => Err(e),
+        };
+        // Deleted whatever the read found; a read's error is the one told.
+        let deleted = self.delete(&path).await;
+        read.and(deleted)
     }
 
     /// The `(run, volume)` of every manifest, or of one run's.

@@ -70,6 +70,10 @@ pub struct MoverSettings {
     pub upload: UploadOptions,
     /// How downloads run.
     pub download: DownloadOptions,
+    /// How long a mover pod may take to run (scheduled, volume attached,
+    /// image pulled) before the step fails, quoting what the cluster says
+    /// of it. Default 10 minutes.
+    pub pod_start_timeout: Duration,
 }
 
 impl MoverSettings {
@@ -93,6 +97,7 @@ impl Default for MoverSettings {
                 ..UploadOptions::default()
             },
             download: DownloadOptions::default(),
+            pod_start_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -255,7 +260,15 @@ fn mover_err(e: ferry_mover::Error) -> StepError {
     }
 }
 
-/// A mover pod on `claim` with `resources`; on `node` when given (a live
+/// Where a live volume's mover pod must run: the node of the pods using
+/// it, with their tolerations (the node may be tainted for them).
+#[derive(Clone, Debug, PartialEq)]
+struct Placement {
+    node: String,
+    tolerations: Value,
+}
+
+/// A mover pod on `claim` with `resources`; placed when given (a live
 /// ReadWriteOnce volume mounts only where its users run).
 #[allow(clippy::too_many_arguments)]
 fn pod(
@@ -266,7 +279,7 @@ fn pod(
     resources: &Value,
     claim: &str,
     read_only: bool,
-    node: Option<&str>,
+    placement: Option<&Placement>,
 ) -> Value {
     let mut pod = json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -283,25 +296,32 @@ fn pod(
             "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}],
         },
     });
-    if let Some(node) = node {
+    if let Some(p) = placement {
         pod["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
             "nodeSelectorTerms": [{"matchFields": [
-                {"key": "metadata.name", "operator": "In", "values": [node]}]}]}}});
+                {"key": "metadata.name", "operator": "In", "values": [p.node]}]}]}}});
+        if p.tolerations.as_array().is_some_and(|t| !t.is_empty()) {
+            pod["spec"]["tolerations"] = p.tolerations.clone();
+        }
     }
     pod
 }
 
-/// Where the mover pod reading live volume `input` must run. A ReadWriteMany
-/// or ReadOnlyMany volume mounts on any node; a ReadWriteOnce one only on the
-/// node of the pods using it (elsewhere its attach fails, "Multi-Attach
-/// error"), so the mover pod goes there; a ReadWriteOncePod one in no second
-/// pod while its user runs: refused, naming the user and the fix. `None`
-/// when any node will do.
-async fn live_node(
+/// Where the mover pod reading live volume `input` for `run` must run. A
+/// ReadWriteMany or ReadOnlyMany volume mounts on any node; a ReadWriteOnce
+/// one only on the node of the pods using it (elsewhere its attach fails,
+/// "Multi-Attach error"), so the mover pod goes there, with their
+/// tolerations; a ReadWriteOncePod one in no second pod while its user
+/// runs: refused, naming the user and the fix. Users are every pod not
+/// finished that mounts the claim, other clones' mover pods included (they
+/// hold the volume too), this run's own not; a Running user's node comes
+/// first. `None` when any node will do.
+async fn live_placement(
     source: &Cluster,
     input: &VolumeInput,
     pvc: &Value,
-) -> Result<Option<String>, StepError> {
+    run: &str,
+) -> Result<Option<Placement>, StepError> {
     let modes: Vec<&str> = pvc
         .pointer("/spec/accessModes")
         .and_then(Value::as_array)
@@ -316,7 +336,7 @@ async fn live_node(
         return Ok(None);
     }
     let ns = &input.source_namespace;
-    let users: Vec<Value> = source
+    let mut users: Vec<Value> = source
         .list_kind_in("v1", "Pod", ns)
         .await?
         .into_iter()
@@ -326,8 +346,9 @@ async fn live_node(
                 Some("Succeeded" | "Failed")
             ) && p
                 .pointer("/metadata/labels")
-                .and_then(|l| l.get(TEMPORARY_LABEL))
-                .is_none()
+                .and_then(|l| l.get(RUN_LABEL))
+                .and_then(Value::as_str)
+                != Some(run)
                 && p.pointer("/spec/volumes")
                     .and_then(Value::as_array)
                     .is_some_and(|vs| {
@@ -349,31 +370,41 @@ async fn live_node(
         && let Some(user) = users.first()
     {
         return Err(StepError::permanent(format!(
-            "volume {ns}/{} is ReadWriteOncePod and pod {ns}/{} uses it: no other pod may mount \
-             it while that one runs, so the mover cannot read it live. Scale its workload to 0 \
-             for the clone (the copy then has 0 replicas too; scale both up after), or keep the \
-             volume on a storage class whose driver snapshots",
+            "volume {ns}/{} is ReadWriteOncePod and pod {ns}/{} uses it [rule {}]: no other pod \
+             may mount it while that one runs, so the mover cannot read it live. Scale its \
+             workload to 0 for the clone (the copy then has 0 replicas too; scale both up after)",
             input.pvc,
-            name(user)
+            name(user),
+            crate::preflight::Rule::LiveVolumeInUse,
         )));
     }
-    let nodes: std::collections::BTreeSet<&str> = users
-        .iter()
-        .filter_map(|p| p.pointer("/spec/nodeName").and_then(Value::as_str))
-        .filter(|n| !n.is_empty())
-        .collect();
-    Ok(match nodes.len() {
-        1 => nodes.first().map(|n| n.to_string()),
-        _ => None,
-    })
+    // Running users first: a user stuck elsewhere (Multi-Attach) does not
+    // hold the volume.
+    users.sort_by_key(|p| p.pointer("/status/phase").and_then(Value::as_str) != Some("Running"));
+    Ok(users.iter().find_map(|p| {
+        let node = p.pointer("/spec/nodeName").and_then(Value::as_str)?;
+        (!node.is_empty()).then(|| Placement {
+            node: node.to_string(),
+            tolerations: p
+                .pointer("/spec/tolerations")
+                .cloned()
+                .unwrap_or(Value::Null),
+        })
+    }))
 }
 
+/// Waits until mover pod `ns/name` runs. Past `timeout` the pod is deleted
+/// (a retry makes it afresh) and the step fails for good, quoting what the
+/// cluster says of it: the scheduler's reason, the container's waiting
+/// reason, the pod's latest warning events.
 async fn wait_running(
     cluster: &Cluster,
     ns: &str,
     name: &str,
     ctx: &StepCtx,
+    timeout: Duration,
 ) -> Result<(), StepError> {
+    let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let p = cluster.get("v1", "Pod", Some(ns), name).await?;
         match p
@@ -389,10 +420,83 @@ async fn wait_running(
             }
             _ => {}
         }
+        if tokio::time::Instant::now() >= deadline {
+            let said = pod_trouble(cluster, ns, name, p.as_ref()).await;
+            cluster.delete("v1", "Pod", Some(ns), name).await?;
+            return Err(StepError::permanent(format!(
+                "mover pod {ns}/{name} did not run within {}s: {said}; fix what the cluster \
+                 reports (for a live copy, the mover pod runs on the node of the pods using the \
+                 volume, with their tolerations: that node needs room for it), then clone again",
+                timeout.as_secs()
+            )));
+        }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             _ = ctx.cancellation().cancelled() => return Err(StepError::cancelled()),
         }
+    }
+}
+
+/// What the cluster says of a pod that does not run: its `PodScheduled`
+/// condition when false, its containers' waiting reasons, and its last
+/// three warning events.
+async fn pod_trouble(cluster: &Cluster, ns: &str, name: &str, pod: Option<&Value>) -> String {
+    let Some(pod) = pod else {
+        return "the pod is gone".into();
+    };
+    let mut said = Vec::new();
+    for c in pod
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if c.get("type").and_then(Value::as_str) == Some("PodScheduled")
+            && c.get("status").and_then(Value::as_str) == Some("False")
+        {
+            said.push(format!(
+                "not scheduled ({}: {})",
+                c.get("reason").and_then(Value::as_str).unwrap_or("?"),
+                c.get("message").and_then(Value::as_str).unwrap_or("")
+            ));
+        }
+    }
+    for c in pod
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(w) = c.pointer("/state/waiting") {
+            said.push(format!(
+                "container waiting ({}: {})",
+                w.get("reason").and_then(Value::as_str).unwrap_or("?"),
+                w.get("message").and_then(Value::as_str).unwrap_or("")
+            ));
+        }
+    }
+    let events: Vec<String> = cluster
+        .list_kind_in("v1", "Event", ns)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| {
+            e.pointer("/involvedObject/name").and_then(Value::as_str) == Some(name)
+                && e.get("type").and_then(Value::as_str) == Some("Warning")
+        })
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e.get("reason").and_then(Value::as_str).unwrap_or("?"),
+                e.get("message").and_then(Value::as_str).unwrap_or("")
+            )
+        })
+        .collect();
+    said.extend(events.into_iter().rev().take(3));
+    if said.is_empty() {
+        "the cluster says nothing of it (phase Pending)".into()
+    } else {
+        said.join("; ")
     }
 }
 
@@ -1295,7 +1399,14 @@ impl MoverVolumeStep {
             (&spec.source_context, &input.source_namespace),
         )
         .await?;
-        wait_running(dest, &input.destination_namespace, &down, ctx).await?;
+        wait_running(
+            dest,
+            &input.destination_namespace,
+            &down,
+            ctx,
+            self.env.mover.pod_start_timeout,
+        )
+        .await?;
         let pods: Api<Pod> = Api::namespaced(dest.client().clone(), &input.destination_namespace);
         let quiet = AttachParams::default()
             .container("mover")
@@ -1347,10 +1458,10 @@ impl MoverVolumeStep {
 
         // 1. The source side: a PVC from the snapshot, or the live PVC
         // read-only (where the volume can be mounted).
-        let mut node = None;
+        let mut placement = None;
         let (claim, read_only) = match input.path {
             Some(CopyPath::LiveViaMover) => {
-                node = live_node(source, input, source_pvc).await?;
+                placement = live_placement(source, input, source_pvc, &run).await?;
                 (input.pvc.clone(), true)
             }
             _ => {
@@ -1382,13 +1493,20 @@ impl MoverVolumeStep {
                 &self.env.preflight.mover_resources.to_json(),
                 &claim,
                 read_only,
-                node.as_deref(),
+                placement.as_ref(),
             ),
             &run,
             (&spec.source_context, &input.source_namespace),
         )
         .await?;
-        wait_running(source, &input.source_namespace, &up, ctx).await?;
+        wait_running(
+            source,
+            &input.source_namespace,
+            &up,
+            ctx,
+            self.env.mover.pod_start_timeout,
+        )
+        .await?;
         let pods: Api<Pod> = Api::namespaced(source.client().clone(), &input.source_namespace);
 
         // 2. The volume's size, for progress; recorded before the transfer
@@ -1613,6 +1731,10 @@ mod tests {
     #[test]
     fn mover_pods_are_root_with_no_escalation_and_the_default_seccomp_profile() {
         let resources = crate::preflight::MoverResources::default().to_json();
+        let placement = Placement {
+            node: "node-3".into(),
+            tolerations: json!([{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}]),
+        };
         let p = pod(
             "up",
             "ns",
@@ -1621,8 +1743,9 @@ mod tests {
             &resources,
             "claim",
             true,
-            Some("node-3"),
+            Some(&placement),
         );
+        assert_eq!(p["spec"]["tolerations"], placement.tolerations);
         assert_eq!(p["spec"]["containers"][0]["resources"], resources);
         assert_eq!(resources["requests"]["cpu"], "100m");
         assert_eq!(resources["limits"]["memory"], "1Gi");
@@ -1661,6 +1784,7 @@ mod tests {
             ("rwx", "efs", "ReadWriteMany"),
             ("rwop", "gp3", "ReadWriteOncePod"),
             ("ours", "efs", "ReadWriteOnce"),
+            ("theirs", "efs", "ReadWriteOnce"),
         ] {
             c.apply(&json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                 "metadata": {"name": name, "namespace": "app"},
@@ -1669,16 +1793,28 @@ mod tests {
                 .await
                 .unwrap();
         }
+        let tolerations =
+            json!([{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}]);
         for (name, claim, labels) in [
             ("user-rwo", "rwo", json!({})),
             ("user-rwx", "rwx", json!({})),
             ("user-rwop", "rwop", json!({})),
-            // Another clone's mover pod is not a user.
-            ("ferry-x-up-ours", "ours", json!({TEMPORARY_LABEL: "true"})),
+            // This run's own mover pod is not a user; another run's is.
+            (
+                "ferry-a-up-ours",
+                "ours",
+                json!({TEMPORARY_LABEL: "true", RUN_LABEL: "run-a"}),
+            ),
+            (
+                "ferry-b-up-theirs",
+                "theirs",
+                json!({TEMPORARY_LABEL: "true", RUN_LABEL: "run-b"}),
+            ),
         ] {
             c.apply(&json!({"apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": name, "namespace": "app", "labels": labels},
                 "spec": {"containers": [{"name": "c", "image": "busybox"}],
+                    "tolerations": tolerations,
                     "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": claim}}]}}))
                 .await
                 .unwrap();
@@ -1713,18 +1849,23 @@ mod tests {
                     path: Some(CopyPath::LiveViaMover),
                     bucket: None,
                 };
-                live_node(&c, &input, &pvc).await
+                live_placement(&c, &input, &pvc, "run-a").await
             }
         };
-        assert_eq!(node_for("rwo").await.unwrap().as_deref(), Some("sim-node"));
+        let on_node = Some(Placement {
+            node: "sim-node".into(),
+            tolerations: tolerations.clone(),
+        });
+        assert_eq!(node_for("rwo").await.unwrap(), on_node);
         assert_eq!(node_for("rwx").await.unwrap(), None);
         assert_eq!(node_for("ours").await.unwrap(), None);
+        assert_eq!(node_for("theirs").await.unwrap(), on_node);
         let refused = node_for("rwop").await.unwrap_err();
         assert!(!refused.is_retryable());
         assert!(
             refused
                 .message
-                .contains("volume app/rwop is ReadWriteOncePod and pod app/user-rwop uses it"),
+                .contains("volume app/rwop is ReadWriteOncePod and pod app/user-rwop uses it [rule live-volume-in-use]"),
             "{}",
             refused.message
         );
