@@ -62,7 +62,7 @@ pub fn spawn_ticking(
 }
 
 /// The controllers: namespace lifecycle and defaults, garbage collection,
-/// workloads, storage (PV/PVC) and snapshots.
+/// workloads, storage (PV/PVC) and snapshots, quota usage.
 pub fn builtin() -> Vec<Reconcile> {
     vec![
         namespace_lifecycle,
@@ -70,6 +70,7 @@ pub fn builtin() -> Vec<Reconcile> {
         garbage_collector,
         crate::workloads::workloads,
         crate::storage::storage,
+        crate::quota::quota_status,
     ]
 }
 

@@ -9,11 +9,22 @@
 //! pods "p" is forbidden: exceeded quota: compute, requested: requests.cpu=500m, used: requests.cpu=1600m, limited: requests.cpu=2
 //! ```
 //!
+//! The quota controller ([`quota_status`]) keeps each quota's `status`:
+//! `hard` as the spec says, `used` for those resources and for
+//! `persistentvolumeclaims` and `requests.storage`.
+//!
 //! Simplified: only those resources; no quota scopes or priority classes;
 //! a request not given is its limit (the API server's defaulting), but no
-//! LimitRange defaults are applied; `status.used` is not kept.
+//! LimitRange defaults are applied.
 
-use serde_json::Value;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use crate::objects::State;
+use crate::resources::GroupResource;
+use crate::store::StoreEvent;
+use crate::util::meta_str;
 
 const KEYS: [&str; 8] = [
     "cpu",
@@ -74,7 +85,7 @@ fn containers(pod: &Value) -> Vec<&Value> {
         .unwrap_or_default()
 }
 
-fn pod_amount(pod: &Value, key: &str) -> f64 {
+pub(crate) fn pod_amount(pod: &Value, key: &str) -> f64 {
     if matches!(key, "pods" | "count/pods") {
         return 1.0;
     }
@@ -154,6 +165,84 @@ pub fn refusal(quotas: &[&Value], pods: &[&Value], pod: &Value) -> Option<String
         }
     }
     None
+}
+
+/// What the namespace's unfinished `pods` and `claims` use of quota `key`,
+/// for the resources the quota controller counts; `None` for others.
+fn used(key: &str, pods: &[Arc<Value>], claims: &[Arc<Value>]) -> Option<f64> {
+    match key {
+        "persistentvolumeclaims" | "count/persistentvolumeclaims" => Some(claims.len() as f64),
+        "requests.storage" => Some(
+            claims
+                .iter()
+                .filter_map(|c| {
+                    c.pointer("/spec/resources/requests/storage")
+                        .and_then(Value::as_str)
+                        .and_then(crate::ctl::quantity)
+                })
+                .sum(),
+        ),
+        k if KEYS.contains(&k) => Some(pods.iter().map(|p| pod_amount(p, k)).sum()),
+        _ => None,
+    }
+}
+
+/// The quota controller: on a change to a namespace's pods, claims or
+/// quotas, each of its quotas' `status` (`hard`, `used`) is recomputed.
+pub fn quota_status(state: &State, ev: Option<&StoreEvent>) {
+    let quotas_gr = GroupResource::new("", "resourcequotas");
+    let namespaces: Vec<String> = match ev {
+        Some(ev)
+            if ev.gr.group.is_empty()
+                && matches!(
+                    ev.gr.resource.as_str(),
+                    "pods" | "persistentvolumeclaims" | "resourcequotas"
+                ) =>
+        {
+            vec![ev.namespace.clone()]
+        }
+        Some(_) => return,
+        None => state.store.transact(|txn| {
+            let mut ns: Vec<String> = txn
+                .list(&quotas_gr, None)
+                .iter()
+                .map(|q| meta_str(q, "namespace").to_string())
+                .collect();
+            ns.dedup();
+            ns
+        }),
+    };
+    state.store.transact(|txn| {
+        for ns in &namespaces {
+            let quotas = txn.list(&quotas_gr, Some(ns));
+            if quotas.is_empty() {
+                continue;
+            }
+            let pods: Vec<Arc<Value>> = txn
+                .list(&GroupResource::new("", "pods"), Some(ns))
+                .into_iter()
+                .filter(|p| {
+                    !matches!(
+                        p.pointer("/status/phase").and_then(Value::as_str),
+                        Some("Succeeded" | "Failed")
+                    )
+                })
+                .collect();
+            let claims = txn.list(&GroupResource::new("", "persistentvolumeclaims"), Some(ns));
+            for q in quotas {
+                let hard = q.pointer("/spec/hard").cloned().unwrap_or(json!({}));
+                let mut usage = serde_json::Map::new();
+                for key in hard.as_object().into_iter().flatten().map(|(k, _)| k) {
+                    if let Some(u) = used(key, &pods, &claims) {
+                        usage.insert(key.clone(), json!(show(key, u)));
+                    }
+                }
+                let mut n = (*q).clone();
+                n["status"] = json!({"hard": hard, "used": usage});
+                crate::ctl::write(txn, &quotas_gr, &q, n);
+            }
+        }
+    });
 }
 
 #[cfg(test)]

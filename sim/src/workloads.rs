@@ -801,6 +801,43 @@ fn unschedulable(
     None
 }
 
+/// A pod's QoS class, as the kubelet reports it: `Guaranteed` when every
+/// container limits CPU and memory and requests no other amount,
+/// `BestEffort` when none requests or limits anything, else `Burstable`.
+fn qos_class(pod: &Value) -> &'static str {
+    let containers: Vec<&Value> = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .map(|v| v.iter().collect())
+        .unwrap_or_default();
+    let amount = |c: &Value, part: &str, r: &str| {
+        c.pointer(&format!("/resources/{part}/{r}"))
+            .and_then(Value::as_str)
+            .and_then(crate::ctl::quantity)
+    };
+    let any = containers.iter().any(|c| {
+        ["requests", "limits"].iter().any(|part| {
+            c.pointer(&format!("/resources/{part}"))
+                .and_then(Value::as_object)
+                .is_some_and(|m| !m.is_empty())
+        })
+    });
+    if !any {
+        return "BestEffort";
+    }
+    let guaranteed = containers.iter().all(|c| {
+        ["cpu", "memory"].iter().all(|r| {
+            let limit = amount(c, "limits", r);
+            limit.is_some() && amount(c, "requests", r).is_none_or(|q| Some(q) == limit)
+        })
+    });
+    if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
 /// One pass of the kubelet and scheduler over every pod; see the module docs.
 pub fn kubelet_tick(state: &State) {
     let rt = &state.runtime;
@@ -843,7 +880,7 @@ pub fn kubelet_tick(state: &State) {
                             "0/1 nodes are available: persistentvolumeclaim \"{}\" not found. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling.",
                             missing[0]
                         ));
-                        n["status"] = json!({"phase": "Pending", "conditions": [c], "qosClass": "BestEffort"});
+                        n["status"] = json!({"phase": "Pending", "conditions": [c], "qosClass": qos_class(&p)});
                         write(txn, &pods_gr, &p, n);
                     }
                     continue;
@@ -853,7 +890,7 @@ pub fn kubelet_tick(state: &State) {
                         let mut c = cond("PodScheduled", "False");
                         c["reason"] = json!("Unschedulable");
                         c["message"] = json!(why);
-                        n["status"] = json!({"phase": "Pending", "conditions": [c], "qosClass": "BestEffort"});
+                        n["status"] = json!({"phase": "Pending", "conditions": [c], "qosClass": qos_class(&p)});
                         write(txn, &pods_gr, &p, n);
                     }
                     continue;
@@ -869,7 +906,7 @@ pub fn kubelet_tick(state: &State) {
                 }
                 n["spec"]["nodeName"] = json!(NODE);
                 n["status"] = json!({"phase": "Pending", "conditions": [cond("PodScheduled", "True")],
-                    "hostIP": "10.0.0.5", "hostIPs": [{"ip": "10.0.0.5"}], "qosClass": "BestEffort", "startTime": now});
+                    "hostIP": "10.0.0.5", "hostIPs": [{"ip": "10.0.0.5"}], "qosClass": qos_class(&p), "startTime": now});
                 write(txn, &pods_gr, &p, n);
                 continue;
             }
@@ -877,7 +914,7 @@ pub fn kubelet_tick(state: &State) {
                 // Created already bound to the node (DaemonSet pods).
                 let mut n = (*p).clone();
                 n["status"] = json!({"phase": "Pending", "conditions": [cond("PodScheduled", "True")],
-                    "hostIP": "10.0.0.5", "hostIPs": [{"ip": "10.0.0.5"}], "qosClass": "BestEffort", "startTime": now});
+                    "hostIP": "10.0.0.5", "hostIPs": [{"ip": "10.0.0.5"}], "qosClass": qos_class(&p), "startTime": now});
                 write(txn, &pods_gr, &p, n);
                 continue;
             }
@@ -953,7 +990,7 @@ pub fn kubelet_tick(state: &State) {
             let mut n = (*p).clone();
             n["status"] = json!({"phase": ph, "hostIP": "10.0.0.5", "hostIPs": [{"ip": "10.0.0.5"}],
                 "podIP": ip, "podIPs": [{"ip": ip}], "startTime": str_at(&p, "/status/startTime"),
-                "qosClass": "BestEffort",
+                "qosClass": qos_class(&p),
                 "conditions": [cond("PodReadyToStartContainers", if job { "False" } else { "True" }),
                     cond("Initialized", "True"), ready_c, cr_c, cond("PodScheduled", "True")],
                 "containerStatuses": statuses});

@@ -1361,6 +1361,20 @@ async fn resource_quota_admission_refuses_pods_that_do_not_say_or_do_not_fit() -
     let sized = json!({"requests": {"cpu": "600m"}, "limits": {"memory": "512Mi"}});
     pods.create(&PostParams::default(), &pod("first", sized.clone())?)
         .await?;
+    // The quota controller keeps the usage in the quota's status.
+    let status = wait_for("quota usage", 10, || async {
+        let q = quotas.get("compute").await.ok()?;
+        let st = q.status?;
+        (st.used.as_ref()?.get("requests.cpu")?.0 == "600m").then_some(st)
+    })
+    .await;
+    assert_eq!(status.used.unwrap()["limits.memory"].0, "512Mi");
+    assert_eq!(status.hard.unwrap()["requests.cpu"].0, "1");
+    let qos = wait_for("the pod's QoS class", 10, || async {
+        pods.get("first").await.ok()?.status?.qos_class
+    })
+    .await;
+    assert_eq!(qos, "Burstable");
     let e = api_err(
         pods.create(&PostParams::default(), &pod("second", sized)?)
             .await

@@ -993,13 +993,19 @@ async fn mover_pods_give_their_resources_to_a_namespace_with_a_quota() {
     assert_eq!(phase, Phase::Succeeded, "{}", w.steps(run));
     compare_trees(&dir, &w.dst_pv("vol-quota", "files").await).unwrap();
 
-    // Too little for one mover pod's 1Gi memory limit: refused before
+    // An app pod holds 1Gi of a 1536Mi memory limit (as the quota's status
+    // says): too little left for one mover pod's 1Gi. Refused before
     // anything is made.
-    apply_yaml(&src, &quota("512Mi")).await;
+    apply_yaml(
+        &src,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: app, namespace: vol}\nspec: {containers: [{name: c, image: busybox, resources: {requests: {cpu: 100m, memory: 256Mi}, limits: {cpu: 500m, memory: 1Gi}}}]}\n",
+    )
+    .await;
+    apply_yaml(&src, &quota("1536Mi")).await;
     let text = refused_writing_nothing(&w, &spec("tight", "vol", "vol-tight", false)).await;
     assert!(
         text.contains("mover-pod-exceeds-quota")
-            && text.contains("limits.memory=512Mi with 0 used, and the mover's pods and temporary claims there need 1Gi"),
+            && text.contains("limits.memory=1536Mi with 1Gi used, and the mover's pods and temporary claims there need 1Gi"),
         "{text}"
     );
     w.stop().await;
