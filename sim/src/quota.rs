@@ -40,7 +40,7 @@ const KEYS: [&str; 8] = [
 fn show(key: &str, v: f64) -> String {
     // An empty sum of floats is -0.
     let v = v + 0.0;
-    if key.ends_with("memory") {
+    if key.ends_with("memory") || key.ends_with("storage") {
         for (s, m) in [("Gi", 1u64 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
             let m = m as f64;
             if v >= m && (v / m).fract() == 0.0 {

@@ -801,9 +801,10 @@ fn unschedulable(
     None
 }
 
-/// A pod's QoS class, as the kubelet reports it: `Guaranteed` when every
-/// container limits CPU and memory and requests no other amount,
-/// `BestEffort` when none requests or limits anything, else `Burstable`.
+/// A pod's QoS class, as the kubelet reports it (from CPU and memory only):
+/// `Guaranteed` when every container limits both and requests what it
+/// limits (or nothing), `BestEffort` when none requests or limits either,
+/// else `Burstable`.
 fn qos_class(pod: &Value) -> &'static str {
     let containers: Vec<&Value> = pod
         .pointer("/spec/containers")
@@ -817,9 +818,9 @@ fn qos_class(pod: &Value) -> &'static str {
     };
     let any = containers.iter().any(|c| {
         ["requests", "limits"].iter().any(|part| {
-            c.pointer(&format!("/resources/{part}"))
-                .and_then(Value::as_object)
-                .is_some_and(|m| !m.is_empty())
+            ["cpu", "memory"]
+                .iter()
+                .any(|r| amount(c, part, r).is_some())
         })
     });
     if !any {

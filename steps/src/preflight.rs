@@ -949,6 +949,29 @@ fn pod_amount(pod: &Value, key: &str) -> f64 {
         .sum()
 }
 
+/// What the namespace's `claims` use of quota `key`, for the claim keys
+/// (counts and requested storage, in all or in one class); `None` for
+/// others.
+fn claims_used(claims: &[Value], key: &str) -> Option<f64> {
+    let (class, what) = match key.split_once(".storageclass.storage.k8s.io/") {
+        Some((class, what)) => (Some(class), what),
+        None => (None, key),
+    };
+    let of_class = claims
+        .iter()
+        .filter(|c| class.is_none() || str_at(c, "/spec/storageClassName") == class);
+    match what {
+        "persistentvolumeclaims" | "count/persistentvolumeclaims" => Some(of_class.count() as f64),
+        "requests.storage" => Some(
+            of_class
+                .filter_map(|c| str_at(c, "/spec/resources/requests/storage"))
+                .filter_map(crate::quantity::parse)
+                .sum(),
+        ),
+        _ => None,
+    }
+}
+
 /// Whether quota `q` holds the mover's pods: they do not terminate on
 /// their own, give resources (not best effort), have no priority class and
 /// no cross-namespace affinity. A quota scoped otherwise does not count
@@ -1011,11 +1034,16 @@ fn check_quotas(c: &mut Checker<'_>) {
             n.claims.push((v.source_class.clone(), size.unwrap_or(0.0)));
         }
     }
-    let res = c.config.mover_resources.clone();
     for (ns, need) in needs {
         let Some(inv) = c.inv.namespaces.get(&ns) else {
             continue;
         };
+        let ranges: Vec<&Value> = inv
+            .pod_limits
+            .iter()
+            .filter(|o| is(o, "", "LimitRange"))
+            .collect();
+        let res = effective_resources(&c.config.mover_resources, &ranges);
         let count = need.pods;
         let mut found = Vec::new();
         for q in inv
@@ -1074,7 +1102,11 @@ fn check_quotas(c: &mut Checker<'_>) {
                     .and_then(|u| u.get(key))
                     .and_then(Value::as_str)
                     .and_then(crate::quantity::parse)
-                    .unwrap_or_else(|| inv.running_pods.iter().map(|p| pod_amount(p, key)).sum());
+                    .unwrap_or_else(|| {
+                        claims_used(&inv.pvcs, key).unwrap_or_else(|| {
+                            inv.running_pods.iter().map(|p| pod_amount(p, key)).sum()
+                        })
+                    });
                 if used + need_now > limit * (1.0 + 1e-9) {
                     let memory = key.contains("memory") || key.contains("storage");
                     let show = |v: f64| crate::quantity::display(v, memory);
@@ -1099,10 +1131,8 @@ fn check_quotas(c: &mut Checker<'_>) {
                 "raise the quota for the clone, or give mover pods less (mover_resources in the daemon's config)",
             );
         }
-        let outside: Vec<String> = inv
-            .pod_limits
+        let outside: Vec<String> = ranges
             .iter()
-            .filter(|o| is(o, "", "LimitRange"))
             .flat_map(|lr| limit_range_problems(lr, &res))
             .collect();
         if !outside.is_empty() {
@@ -1119,8 +1149,48 @@ fn check_quotas(c: &mut Checker<'_>) {
     }
 }
 
-/// Where `mover_resources` falls outside LimitRange `lr`'s `Container` and
-/// `Pod` items (one container: the same sums), in the API server's terms.
+/// The resources a mover pod ends up with in a namespace with LimitRanges
+/// `ranges`, as the API server fills them in: a request not given is its
+/// limit; then each `Container` item's `default` (else its `max`) fills a
+/// missing limit, and its `defaultRequest` (else that default, else its
+/// `min`) a missing request.
+fn effective_resources(res: &MoverResources, ranges: &[&Value]) -> MoverResources {
+    let mut e = res.clone();
+    for (k, v) in &res.limits {
+        e.requests.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    let items = ranges
+        .iter()
+        .flat_map(|lr| {
+            lr.pointer("/spec/limits")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        })
+        .filter(|i| str_at(i, "/type") == Some("Container"));
+    for item in items {
+        let field = |f: &str, r: &str| item.pointer(&format!("/{f}/{r}")).and_then(Value::as_str);
+        for r in ["cpu", "memory"] {
+            let default = field("default", r).or_else(|| field("max", r));
+            if let Some(d) = default {
+                e.limits.entry(r.to_owned()).or_insert_with(|| d.to_owned());
+            }
+            let default_request = field("defaultRequest", r)
+                .or(default)
+                .or_else(|| field("min", r));
+            if let Some(d) = default_request {
+                e.requests
+                    .entry(r.to_owned())
+                    .or_insert_with(|| d.to_owned());
+            }
+        }
+    }
+    e
+}
+
+/// Where the mover pod's resources `res` (as [`effective_resources`] fills
+/// them) fall outside LimitRange `lr`'s `Container` and `Pod` items (one
+/// container: the same sums), in the API server's terms.
 fn limit_range_problems(lr: &Value, res: &MoverResources) -> Vec<String> {
     let mut out = Vec::new();
     let get =
@@ -1141,10 +1211,7 @@ fn limit_range_problems(lr: &Value, res: &MoverResources) -> Vec<String> {
         for r in ["cpu", "memory"] {
             let memory = r == "memory";
             let show = |v: f64| crate::quantity::display(v, memory);
-            let (request, limit) = (
-                get(&res.requests, r).or_else(|| get(&res.limits, r)),
-                get(&res.limits, r),
-            );
+            let (request, limit) = (get(&res.requests, r), get(&res.limits, r));
             if let Some(max) = bound("max", r) {
                 match limit {
                     Some(l) if l > max * (1.0 + 1e-9) => out.push(format!(
@@ -1161,26 +1228,38 @@ fn limit_range_problems(lr: &Value, res: &MoverResources) -> Vec<String> {
                     _ => {}
                 }
             }
-            if let (Some(min), Some(req)) = (bound("min", r), request)
-                && req < min * (1.0 - 1e-9)
-            {
-                out.push(format!(
-                    "LimitRange {}: minimum {r} usage per {per} is {}, but the mover's request is {}",
-                    name(lr),
-                    show(min),
-                    show(req)
-                ));
+            if let Some(min) = bound("min", r) {
+                match request {
+                    Some(req) if req < min * (1.0 - 1e-9) => out.push(format!(
+                        "LimitRange {}: minimum {r} usage per {per} is {}, but the mover's request is {}",
+                        name(lr),
+                        show(min),
+                        show(req)
+                    )),
+                    None => out.push(format!(
+                        "LimitRange {}: minimum {r} usage per {per} is {}, and the mover gives no request",
+                        name(lr),
+                        show(min)
+                    )),
+                    _ => {}
+                }
             }
-            if let (Some(ratio), Some(req), Some(l)) =
-                (bound("maxLimitRequestRatio", r), request, limit)
-                && req > 0.0
-                && l / req > ratio * (1.0 + 1e-9)
-            {
-                out.push(format!(
-                    "LimitRange {}: {r} max limit to request ratio per {per} is {ratio}, but the mover's is {}",
-                    name(lr),
-                    l / req
-                ));
+            if let Some(ratio) = bound("maxLimitRequestRatio", r) {
+                match (request, limit) {
+                    (Some(req), Some(l)) if req > 0.0 && l / req > ratio * (1.0 + 1e-9) => {
+                        out.push(format!(
+                            "LimitRange {}: {r} max limit to request ratio per {per} is {ratio}, but the mover's is {}",
+                            name(lr),
+                            l / req
+                        ))
+                    }
+                    (Some(_), Some(_)) => {}
+                    _ => out.push(format!(
+                        "LimitRange {}: {r} max limit to request ratio per {per} is {ratio}, and the mover gives no {}",
+                        name(lr),
+                        if request.is_none() { "request" } else { "limit" }
+                    )),
+                }
             }
         }
     }

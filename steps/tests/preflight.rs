@@ -830,6 +830,35 @@ fn quota_scopes_claims_required_resources_and_limit_ranges_are_checked_for_the_m
         "{}",
         r.refusals[0]
     );
+    // A LimitRange default fills the limit the config leaves out, as the
+    // API server would.
+    let cpu = obj(
+        "ResourceQuota",
+        "cpu",
+        json!({"hard": {"limits.cpu": "10"}}),
+    );
+    let defaults = obj(
+        "LimitRange",
+        "defaults",
+        json!({"limits": [{"type": "Container", "default": {"cpu": "500m"}}]}),
+    );
+    assert_eq!(check(vec![cpu, defaults], &no_cpu_limit).refusals, vec![]);
+    // Without a status, the claims listed say what a claim quota holds: the
+    // app's own claims already fill it.
+    let claims = obj(
+        "ResourceQuota",
+        "claims",
+        json!({"hard": {"persistentvolumeclaims": "2"}}),
+    );
+    let r = check(vec![claims], &cfg);
+    assert_eq!(rules(&r), vec![Rule::MoverPodExceedsQuota]);
+    assert!(
+        r.refusals[0]
+            .message
+            .contains("persistentvolumeclaims=2 with 2 used"),
+        "{}",
+        r.refusals[0]
+    );
     // A quota the clone leaves out (excluded kinds) still holds the pods.
     let mut excluding = spec.clone();
     excluding

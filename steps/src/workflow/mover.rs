@@ -394,9 +394,12 @@ async fn live_placement(
 }
 
 /// Waits until mover pod `ns/name` runs. Past `timeout` the pod is deleted
-/// (a retry makes it afresh) and the step fails for good, quoting what the
-/// cluster says of it: the scheduler's reason, the container's waiting
-/// reason, the pod's latest warning events.
+/// and the step fails, quoting what the cluster says of it: the scheduler's
+/// reason, the container's waiting reason, the pod's latest warning events.
+/// For good when the cause will not clear by waiting (the scheduler finds
+/// no node for it, its image cannot be pulled); else (a claim still
+/// restoring from its snapshot, a slow pull) the next attempt makes the pod
+/// again and waits anew.
 async fn wait_running(
     cluster: &Cluster,
     ns: &str,
@@ -413,6 +416,11 @@ async fn wait_running(
             .and_then(Value::as_str)
         {
             Some("Running") => return Ok(()),
+            _ if p.is_none() => {
+                return Err(StepError::retryable(format!(
+                    "mover pod {ns}/{name} was deleted before it ran; it will be made again"
+                )));
+            }
             Some("Failed") | Some("Succeeded") => {
                 return Err(StepError::retryable(format!(
                     "mover pod {ns}/{name} ended before the copy; it will be made again"
@@ -422,19 +430,38 @@ async fn wait_running(
         }
         if tokio::time::Instant::now() >= deadline {
             let said = pod_trouble(cluster, ns, name, p.as_ref()).await;
-            cluster.delete("v1", "Pod", Some(ns), name).await?;
-            return Err(StepError::permanent(format!(
-                "mover pod {ns}/{name} did not run within {}s: {said}; fix what the cluster \
-                 reports (for a live copy, the mover pod runs on the node of the pods using the \
-                 volume, with their tolerations: that node needs room for it), then clone again",
+            // Compensation deletes it too, should this fail.
+            let _ = cluster.delete("v1", "Pod", Some(ns), name).await;
+            let message = format!(
+                "mover pod {ns}/{name} did not run within {}s: {said}",
                 timeout.as_secs()
-            )));
+            );
+            return Err(if lasting(&said) {
+                StepError::permanent(format!(
+                    "{message}; fix what the cluster reports (for a live copy, the mover pod runs \
+                     on the node of the pods using the volume, with their tolerations: that node \
+                     needs room for it), then clone again"
+                ))
+            } else {
+                StepError::retryable(format!("{message}; the next attempt makes it again"))
+            });
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             _ = ctx.cancellation().cancelled() => return Err(StepError::cancelled()),
         }
     }
+}
+
+/// Whether what the cluster says of a pod that does not run (from
+/// [`pod_trouble`]) will not clear by waiting: no node for it (but for a
+/// claim still unbound, such as one restoring from its snapshot), or an
+/// image that cannot be pulled.
+fn lasting(said: &str) -> bool {
+    (said.contains("not scheduled (Unschedulable") && !said.contains("unbound"))
+        || ["ErrImagePull", "ImagePullBackOff", "InvalidImageName"]
+            .iter()
+            .any(|r| said.contains(&format!("container waiting ({r}")))
 }
 
 /// What the cluster says of a pod that does not run: its `PodScheduled`
@@ -1870,6 +1897,21 @@ mod tests {
             refused.message
         );
         sim.stop().await;
+    }
+
+    #[test]
+    fn a_pod_that_cannot_run_fails_for_good_only_when_waiting_will_not_help() {
+        assert!(lasting(
+            "not scheduled (Unschedulable: 0/3 nodes are available: 3 Insufficient cpu.)"
+        ));
+        assert!(lasting(
+            "container waiting (ImagePullBackOff: Back-off pulling image \"x\")"
+        ));
+        assert!(!lasting(
+            "not scheduled (Unschedulable: 0/3 nodes are available: pod has unbound immediate PersistentVolumeClaims.)"
+        ));
+        assert!(!lasting("container waiting (ContainerCreating: )"));
+        assert!(!lasting("the cluster says nothing of it (phase Pending)"));
     }
 
     #[test]
