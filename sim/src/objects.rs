@@ -675,16 +675,7 @@ impl State {
             }
             let quotas = txn.list(&GroupResource::new("", "resourcequotas"), Some(ns));
             if !quotas.is_empty() {
-                let pods: Vec<Arc<Value>> = txn
-                    .list(&info.group_resource(), Some(ns))
-                    .into_iter()
-                    .filter(|p| {
-                        !matches!(
-                            p.pointer("/status/phase").and_then(Value::as_str),
-                            Some("Succeeded" | "Failed")
-                        )
-                    })
-                    .collect();
+                let pods = crate::quota::unfinished_pods(txn, ns);
                 let quotas: Vec<&Value> = quotas.iter().map(|q| q.as_ref()).collect();
                 let pods: Vec<&Value> = pods.iter().map(|p| p.as_ref()).collect();
                 if let Some(why) = crate::quota::refusal(&quotas, &pods, &obj) {

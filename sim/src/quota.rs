@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 
 use crate::objects::State;
 use crate::resources::GroupResource;
-use crate::store::StoreEvent;
+use crate::store::{StoreEvent, Txn};
 use crate::util::meta_str;
 
 const KEYS: [&str; 8] = [
@@ -187,6 +187,19 @@ fn used(key: &str, pods: &[Arc<Value>], claims: &[Arc<Value>]) -> Option<f64> {
     }
 }
 
+/// The pods of namespace `ns` that have not finished: what quotas count.
+pub(crate) fn unfinished_pods(txn: &Txn<'_>, ns: &str) -> Vec<Arc<Value>> {
+    txn.list(&GroupResource::new("", "pods"), Some(ns))
+        .into_iter()
+        .filter(|p| {
+            !matches!(
+                p.pointer("/status/phase").and_then(Value::as_str),
+                Some("Succeeded" | "Failed")
+            )
+        })
+        .collect()
+}
+
 /// The quota controller: on a change to a namespace's pods, claims or
 /// quotas, each of its quotas' `status` (`hard`, `used`) is recomputed.
 pub fn quota_status(state: &State, ev: Option<&StoreEvent>) {
@@ -218,16 +231,7 @@ pub fn quota_status(state: &State, ev: Option<&StoreEvent>) {
             if quotas.is_empty() {
                 continue;
             }
-            let pods: Vec<Arc<Value>> = txn
-                .list(&GroupResource::new("", "pods"), Some(ns))
-                .into_iter()
-                .filter(|p| {
-                    !matches!(
-                        p.pointer("/status/phase").and_then(Value::as_str),
-                        Some("Succeeded" | "Failed")
-                    )
-                })
-                .collect();
+            let pods = unfinished_pods(txn, ns);
             let claims = txn.list(&GroupResource::new("", "persistentvolumeclaims"), Some(ns));
             for q in quotas {
                 let hard = q.pointer("/spec/hard").cloned().unwrap_or(json!({}));

@@ -722,41 +722,27 @@ fn unschedulable(
         if empty {
             return false;
         }
-        let by_name = t
-            .get("matchFields")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter(|r| str_at(r, "/key") == "metadata.name")
-            .all(|r| {
-                let listed = r
-                    .get("values")
-                    .and_then(Value::as_array)
-                    .is_some_and(|vs| vs.iter().any(|v| v.as_str() == Some(NODE)));
-                match str_at(r, "/operator") {
-                    "In" => listed,
-                    "NotIn" => !listed,
-                    _ => true,
-                }
-            });
-        let by_label = t
-            .get("matchExpressions")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter(|r| str_at(r, "/key") == "kubernetes.io/hostname")
-            .all(|r| {
-                let listed = r
-                    .get("values")
-                    .and_then(Value::as_array)
-                    .is_some_and(|vs| vs.iter().any(|v| v.as_str() == Some(NODE)));
-                match str_at(r, "/operator") {
-                    "In" => listed,
-                    "NotIn" => !listed,
-                    _ => true,
-                }
-            });
-        by_name && by_label
+        // Every requirement on the node's name (or hostname label) admits it.
+        let admits = |list: &str, key: &str| {
+            t.get(list)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|r| str_at(r, "/key") == key)
+                .all(|r| {
+                    let listed = r
+                        .get("values")
+                        .and_then(Value::as_array)
+                        .is_some_and(|vs| vs.iter().any(|v| v.as_str() == Some(NODE)));
+                    match str_at(r, "/operator") {
+                        "In" => listed,
+                        "NotIn" => !listed,
+                        _ => true,
+                    }
+                })
+        };
+        admits("matchFields", "metadata.name")
+            && admits("matchExpressions", "kubernetes.io/hostname")
     };
     let selector_ok = pod
         .pointer("/spec/nodeSelector/kubernetes.io~1hostname")
