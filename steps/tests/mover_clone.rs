@@ -1002,6 +1002,21 @@ async fn mover_pods_give_their_resources_to_a_namespace_with_a_quota() {
     )
     .await;
     apply_yaml(&src, &quota("1536Mi")).await;
+    // The quota's status counts the pod once its controller has seen it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while src
+        .get("v1", "ResourceQuota", Some("vol"), "compute")
+        .await
+        .unwrap()
+        .and_then(|q| q.pointer("/status/used/limits.memory").cloned())
+        != Some(serde_json::json!("1Gi"))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "quota status never counted the pod"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let text = refused_writing_nothing(&w, &spec("tight", "vol", "vol-tight", false)).await;
     assert!(
         text.contains("mover-pod-exceeds-quota")
