@@ -92,6 +92,19 @@ pub(crate) fn create(
     }
 }
 
+/// Whether `pod`'s volumes name claim `claim`.
+pub(crate) fn mounts_claim(pod: &Value, claim: &str) -> bool {
+    pod.pointer("/spec/volumes")
+        .and_then(Value::as_array)
+        .is_some_and(|vs| {
+            vs.iter().any(|v| {
+                v.pointer("/persistentVolumeClaim/claimName")
+                    .and_then(Value::as_str)
+                    == Some(claim)
+            })
+        })
+}
+
 /// Replace `old` with `new` unless they are equal.
 pub(crate) fn write(txn: &mut Txn<'_>, g: &GroupResource, old: &Value, new: Value) -> Arc<Value> {
     if *old == new {

@@ -250,15 +250,7 @@ fn modes(v: &Value, ptr: &str) -> Vec<String> {
 fn claim_in_use(txn: &Txn<'_>, ns: &str, name: &str) -> bool {
     txn.list(&gr("", "pods"), Some(ns)).iter().any(|p| {
         !matches!(str_at(p, "/status/phase"), "Succeeded" | "Failed")
-            && p.pointer("/spec/volumes")
-                .and_then(Value::as_array)
-                .is_some_and(|vs| {
-                    vs.iter().any(|v| {
-                        v.pointer("/persistentVolumeClaim/claimName")
-                            .and_then(Value::as_str)
-                            == Some(name)
-                    })
-                })
+            && crate::ctl::mounts_claim(p, name)
     })
 }
 

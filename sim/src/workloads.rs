@@ -768,15 +768,7 @@ fn unschedulable(
             meta_str(&o, "uid") != uid
                 && !matches!(phase(&o), "Succeeded" | "Failed")
                 && !str_at(&o, "/spec/nodeName").is_empty()
-                && o.pointer("/spec/volumes")
-                    .and_then(Value::as_array)
-                    .is_some_and(|vs| {
-                        vs.iter().any(|v| {
-                            v.pointer("/persistentVolumeClaim/claimName")
-                                .and_then(Value::as_str)
-                                == Some(claim.as_str())
-                        })
-                    })
+                && crate::ctl::mounts_claim(&o, claim)
         });
         if taken {
             return Some(

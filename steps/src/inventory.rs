@@ -509,12 +509,7 @@ impl Inventory {
         for pod in namespaced.iter().filter(|o| {
             is(o, "", "Pod") && !matches!(str_at(o, "/status/phase"), Some("Succeeded" | "Failed"))
         }) {
-            let claims = pod
-                .pointer("/spec/volumes")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(|v| str_at(v, "/persistentVolumeClaim/claimName"));
+            let claims = object::pod_claims(pod);
             let ns = inv
                 .namespaces
                 .get_mut(namespace(pod).unwrap_or(""))

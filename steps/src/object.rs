@@ -165,6 +165,15 @@ pub fn annotation<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
         .and_then(Value::as_str)
 }
 
+/// The claims a pod's volumes name (`persistentVolumeClaim.claimName`).
+pub fn pod_claims(pod: &Value) -> impl Iterator<Item = &str> {
+    pod.pointer("/spec/volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|v| str_at(v, "/persistentVolumeClaim/claimName"))
+}
+
 /// A string at a JSON pointer.
 pub fn str_at<'a>(obj: &'a Value, pointer: &str) -> Option<&'a str> {
     obj.pointer(pointer).and_then(Value::as_str)

@@ -349,15 +349,7 @@ async fn live_placement(
                 .and_then(|l| l.get(RUN_LABEL))
                 .and_then(Value::as_str)
                 != Some(run)
-                && p.pointer("/spec/volumes")
-                    .and_then(Value::as_array)
-                    .is_some_and(|vs| {
-                        vs.iter().any(|v| {
-                            v.pointer("/persistentVolumeClaim/claimName")
-                                .and_then(Value::as_str)
-                                == Some(input.pvc.as_str())
-                        })
-                    })
+                && crate::object::pod_claims(p).any(|c| c == input.pvc)
         })
         .collect();
     let name = |p: &Value| {
