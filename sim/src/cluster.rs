@@ -133,6 +133,9 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     }
 }
 
+/// How often the kubelet and scheduler pass over the pods.
+const KUBELET_PERIOD: Duration = Duration::from_millis(20);
+
 /// Write `contents` to `path` with mode 0600 (created or truncated).
 pub fn write_private(path: &Path, contents: &str) -> Result<()> {
     use std::io::Write;
@@ -232,7 +235,7 @@ impl SimCluster {
         tasks.push(controllers::spawn_ticking(
             state.clone(),
             cancel.clone(),
-            Duration::from_millis(20),
+            KUBELET_PERIOD,
             crate::workloads::kubelet_tick,
         ));
 
@@ -336,15 +339,19 @@ impl SimCluster {
     }
 
     /// Waits until the controllers have caught up: the global resourceVersion
-    /// unchanged over a 50 ms window (at most 5 s). Controllers react to
-    /// writes asynchronously (a new namespace gets its ServiceAccount and
-    /// root CA, a claim its volume …), so a test that asserts "nothing was
-    /// written" reads the resourceVersion after this.
+    /// unchanged over a window longer than the kubelet's quietest stretch
+    /// (a pod waits [`SimOptions::pod_ready_delay`] between scheduled and
+    /// Running, writing nothing), at most 5 s. Controllers react to writes
+    /// asynchronously (a new namespace gets its ServiceAccount and root CA,
+    /// a claim its volume …), so a test that asserts "nothing was written"
+    /// reads the resourceVersion after this.
     pub async fn settle(&self) {
+        let window = (self.server.state.runtime.pod_ready_delay + 3 * KUBELET_PERIOD)
+            .max(Duration::from_millis(50));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         let mut last = self.resource_version();
         loop {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(window).await;
             let now = self.resource_version();
             if now == last || tokio::time::Instant::now() >= deadline {
                 return;

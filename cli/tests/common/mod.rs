@@ -100,13 +100,15 @@ impl Sim {
     }
 
     /// Its resourceVersion once its controllers have caught up: unchanged
-    /// over a 100 ms window (within 10 s). Controllers react to writes
-    /// asynchronously, so "nothing was written" compares settled values.
+    /// over a 200 ms window (within 10 s), longer than the simulator's
+    /// quietest stretch (a pod waits its default 100 ms ready delay between
+    /// scheduled and Running). Controllers react to writes asynchronously,
+    /// so "nothing was written" compares settled values.
     pub fn settled_resource_version(&self) -> u64 {
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut last = self.resource_version();
         loop {
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(200));
             let now = self.resource_version();
             if now == last {
                 return now;
