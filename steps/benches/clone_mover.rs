@@ -16,16 +16,18 @@
 //! the pipe's two runs does. Both destinations are compared with the
 //! source on every attribute.
 //!
-//! Both contenders start from a synced page cache and are timed until
-//! their data is on disk (`sync` included): without it, whether 1 GiB of
-//! writes is throttled depends on what the kernel still had dirty, and the
-//! pipe's speed varied threefold between runs (the times until copied, not
-//! synced, are printed too). The pipe is timed before and after the clone
-//! (the faster run counts), with the page cache warmed by reading, and
-//! nothing is deleted until the end: ext4 is slow to create files for a
-//! while after many were deleted, which would favour whichever contender
-//! ran first. The clone writes more than the pipe: the bucket is on the
-//! same disk.
+//! Every timed run (each pipe, each clone) starts alike: everything
+//! synced, the page cache dropped (as root; the bench says when it cannot)
+//! and the source tree read back into it. Without the drop each run was
+//! slower than the one before as the page cache filled free memory (eight
+//! pipes in a row went from 1.8 s to 7.0 s each), which favoured whichever
+//! contender ran first. Runs are timed until their data is on disk (`sync`
+//! included): without it, whether 1 GiB of writes is throttled depends on
+//! what the kernel still had dirty (the times until copied, not synced, are
+//! printed too). The pipe is timed before and after the clone (the faster
+//! run counts), and nothing is deleted until the end: ext4 is slow to
+//! create files for a while after many were deleted. The clone writes more
+//! than the pipe: the bucket is on the same disk.
 //!
 //! Prints per size the MB/s of both and the peak RSS, and where the CPU
 //! went: the pipe's two `tar`s against the clone's ferry, source simulator
@@ -96,12 +98,32 @@ fn sync() {
     assert!(Command::new("sync").status().unwrap().success());
 }
 
-/// `tar -c | tar -x` from a clean page cache state (everything synced
-/// first): its time until the copy ended, until it was on disk, and the
-/// CPU seconds of both `tar`s.
+/// Puts the machine in the same state before every timed run: everything
+/// synced, the page cache dropped where the bench may (as root), and the
+/// source tree `src` read back into it. Without the drop, each run is
+/// slower than the one before as the page cache fills free memory: here
+/// eight `tar -c | tar -x` of one 1 GiB tree in a row took from 1.8 s to
+/// 7.0 s each, and 2.3 s again after a drop, which would favour whichever
+/// contender ran first.
+fn fresh_start(src: &Path) {
+    sync();
+    // Where the bench may not, `main` said so.
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "1");
+    let warm = Command::new("sh")
+        .arg("-c")
+        .arg("tar -c --sparse -f - -C \"$1\" . | cat > /dev/null")
+        .arg("sh")
+        .arg(src)
+        .status()
+        .unwrap();
+    assert!(warm.success());
+}
+
+/// `tar -c | tar -x` from a [`fresh_start`]: its time until the copy
+/// ended, until it was on disk, and the CPU seconds of both `tar`s.
 fn tar_pipe(src: &Path, dst: &Path) -> (f64, f64, f64) {
     std::fs::create_dir_all(dst).unwrap();
-    sync();
+    fresh_start(src);
     let c0 = proc_cpu_s("self", true) - cpu_s();
     let t = Instant::now();
     let status = Command::new("sh")
@@ -186,10 +208,11 @@ async fn child_sim(name: String, data_dir: PathBuf, kubeconfig: PathBuf) {
 }
 
 /// The phases of step `id` in `run`, in seconds from the log's timestamps:
-/// setup (its last start to its first checkpoint: pods made and running,
-/// the volume measured), upload (to the checkpoint that opens the download
-/// phase; the destination's pod and PVC, and the download following the
-/// upload, included) and the rest of the download (to its success).
+/// setup (its last start to its first checkpoint: the source's mover pod
+/// running), upload (to the checkpoint that opens the download phase; what
+/// is left of the destination's setup, which runs alongside the source's,
+/// and the download following the upload, included) and the rest of the
+/// download (to its success).
 fn step_phases(engine: &ferry_engine::Engine, run: ferry_store::RunId, id: &str) -> [f64; 3] {
     let (mut start, mut first, mut stored, mut end) = (0, None, None, 0);
     for env in engine.store().read(run, 0).unwrap() {
@@ -223,14 +246,15 @@ struct Sample {
     sims_cpu: Vec<f64>,
 }
 
-/// One clone of the bench volume into `dst_ns`, timed from a synced page
-/// cache until its data is on disk.
+/// One clone of the bench volume (its files in `vol`) into `dst_ns`, timed
+/// from a [`fresh_start`] until its data is on disk.
 async fn timed_clone(
     engine: &ferry_engine::Engine,
     dst_ns: &str,
     sim_pids: &[String; 2],
+    vol: &Path,
 ) -> Sample {
-    sync();
+    fresh_start(vol);
     let c0 = cpu_s();
     let sims0 = sim_pids.clone().map(|p| proc_cpu_s(&p, true));
     let t = Instant::now();
@@ -268,7 +292,13 @@ async fn timed_clone(
 /// Child: the clone, an unchanged re-clone, and the clone again into an
 /// empty bucket (the faster of the two first clones counts, as the faster
 /// of the pipe's two runs does); prints one line of numbers.
-async fn child_clone(work: PathBuf, prod: PathBuf, staging: PathBuf, sim_pids: [String; 2]) {
+async fn child_clone(
+    work: PathBuf,
+    prod: PathBuf,
+    staging: PathBuf,
+    sim_pids: [String; 2],
+    vol: PathBuf,
+) {
     let clusters =
         || ferry_steps::cluster::Clusters::from_paths(&[prod.clone(), staging.clone()]).unwrap();
     let engine_in = |name: &str| {
@@ -280,12 +310,12 @@ async fn child_clone(work: PathBuf, prod: PathBuf, staging: PathBuf, sim_pids: [
         )
     };
     let first = engine_in("a");
-    let a = timed_clone(&first, "bench-1", &sim_pids).await;
+    let a = timed_clone(&first, "bench-1", &sim_pids, &vol).await;
     let hwm = hwm_kib(None);
-    let again = timed_clone(&first, "bench-2", &sim_pids).await;
+    let again = timed_clone(&first, "bench-2", &sim_pids, &vol).await;
     let hwm_all = hwm_kib(None);
     drop(first);
-    let b = timed_clone(&engine_in("b"), "bench-3", &sim_pids).await;
+    let b = timed_clone(&engine_in("b"), "bench-3", &sim_pids, &vol).await;
     let best = if a.secs <= b.secs { &a } else { &b };
     let [setup_s, up_s, down_s] = best.phases;
     println!(
@@ -317,18 +347,9 @@ fn run_size(work: &Path, size: u64) -> (f64, f64, f64, f64) {
         size / MIB,
         t.elapsed().as_secs_f64()
     );
-    // Warm the page cache for both contenders alike, reading only: a tree
-    // deleted just before makes ext4 slow to allocate inodes for a while
-    // (it skips recently deleted ones), so nothing is deleted until both
-    // have run.
-    let warm = Command::new("sh")
-        .arg("-c")
-        .arg("tar -c --sparse -f - -C \"$1\" . | cat > /dev/null")
-        .arg("sh")
-        .arg(&src)
-        .status()
-        .unwrap();
-    assert!(warm.success());
+    // Nothing is deleted until both contenders have run: a tree deleted
+    // just before makes ext4 slow to allocate inodes for a while (it skips
+    // recently deleted ones).
     let pipe_before = tar_pipe(&src, &dir.join("pipe-1"));
 
     let prod = SimProcess::start("prod", &dir);
@@ -360,6 +381,7 @@ fn run_size(work: &Path, size: u64) -> (f64, f64, f64, f64) {
         .arg(&staging.kubeconfig)
         .arg(prod.child.id().to_string())
         .arg(staging.child.id().to_string())
+        .arg(&vol)
         .stderr(Stdio::inherit())
         .output()
         .unwrap();
@@ -467,6 +489,7 @@ fn main() {
                 args[3].clone().into(),
                 args[4].clone().into(),
                 [args[5].clone(), args[6].clone()],
+                args[7].clone().into(),
             )),
             other => panic!("unknown child mode {other}"),
         }
@@ -480,6 +503,15 @@ fn main() {
             .collect(),
         Err(_) => vec![256 * MIB, 1024 * MIB],
     };
+    if std::fs::OpenOptions::new()
+        .write(true)
+        .open("/proc/sys/vm/drop_caches")
+        .is_err()
+    {
+        eprintln!(
+            "note: not allowed to drop the page cache (run as root for that): later runs may be slower as it fills memory"
+        );
+    }
     let base = PathBuf::from(option_env!("CARGO_TARGET_TMPDIR").unwrap_or("."));
     std::fs::create_dir_all(&base).unwrap();
     let df = Command::new("df").arg("-h").arg(&base).output().unwrap();

@@ -99,8 +99,8 @@ async fn every_attribute_survives_a_cross_cluster_clone() {
     let dst = w.dst_pv("vol-copy", "files").await;
     compare_trees(&src, &dst).unwrap();
 
-    // The volume was measured before the copy, and the checkpoints carry it
-    // through both phases.
+    // The volume was measured while the copy ran, and the checkpoints carry
+    // the size from then on, through both phases.
     let out = w.output(run, "vol-copy", "files");
     let expected = out.expected_bytes.expect("du measured the volume");
     let ratio = out.bytes as f64 / expected as f64;
@@ -110,9 +110,15 @@ async fn every_attribute_survives_a_cross_cluster_clone() {
         out.bytes
     );
     let cps = w.checkpoints(run, "vol-copy", "files");
+    let measured = cps
+        .iter()
+        .position(|c| c.expected_bytes.is_some())
+        .expect("a checkpoint carries the size");
     assert!(
-        cps.iter()
-            .all(|c| c.expected_bytes == Some(expected) && c.upload.volume == "vol-files"),
+        cps[measured..]
+            .iter()
+            .all(|c| c.expected_bytes == Some(expected))
+            && cps.iter().all(|c| c.upload.volume == "vol-files"),
         "{cps:?}"
     );
     assert_eq!(cps[0].phase, MoverPhase::Upload);

@@ -102,7 +102,8 @@ impl Bucket {
                 std::fs::create_dir_all(&dir)
                     .map_err(|e| invalid(format!("cannot create {}: {e}", dir.display())))?;
                 let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
-                    .map_err(|e| invalid(e.to_string()))?;
+                    .map_err(|e| invalid(e.to_string()))?
+                    .with_fsync(true);
                 (Arc::new(fs), Path::default())
             }
             "memory" => (

@@ -767,10 +767,12 @@ impl<R: AsyncRead + Unpin> AsyncRead for ExitChecked<R> {
 /// `ReaderStream` default, not configurable), each a frame, a flush and a
 /// write into the process's pipe on the far end: measured against the
 /// simulator, 512 MiB into `cat` went at about 500 MB/s for 1.8 s of CPU
-/// (both ends); in 64 KiB messages at 850-1450 MB/s for 0.6 s. Kept
-/// modest, the size of the simulator's own stdout messages: a real API
-/// server's limit on a message is unconfirmed here.
-const STDIN_FRAME: usize = 64 << 10;
+/// (both ends); in 64 KiB messages at 850-1450 MB/s for 0.6 s. 1 MiB, the
+/// size of the simulator's own stdout messages, halves the wake-ups again
+/// on both ends; the API server reads exec streams with
+/// `golang.org/x/net/websocket` (apimachinery's `wsstream`), whose limit
+/// on a message is 32 MiB (`DefaultMaxPayloadBytes`).
+const STDIN_FRAME: usize = 1 << 20;
 
 type WsError = tokio_tungstenite::tungstenite::Error;
 type WsSink = Pin<Box<dyn futures::Sink<WsMessage, Error = WsError> + Send>>;
@@ -784,35 +786,40 @@ fn ws_io(e: WsError) -> io::Error {
 /// connection on v4 (which has no per-stream close).
 struct WsStdin {
     sink: WsSink,
-    /// The message being filled: the channel byte, then data.
-    frame: Vec<u8>,
+    /// The message being filled: the channel byte, then data. Sent messages
+    /// are split off it; the WebSocket copies each into its own buffer as
+    /// it is sent, so the next one is filled in the same memory.
+    frame: bytes::BytesMut,
     v5: bool,
     ended: bool,
 }
 
 impl WsStdin {
     fn new(sink: WsSink, v5: bool) -> Self {
+        let mut frame = bytes::BytesMut::new();
+        Self::start(&mut frame);
         WsStdin {
             sink,
-            frame: Self::empty(),
+            frame,
             v5,
             ended: false,
         }
     }
 
-    fn empty() -> Vec<u8> {
-        let mut f = Vec::with_capacity(STDIN_FRAME + 1);
-        f.push(0);
-        f
+    /// Begins a message in `frame` (emptied): room for it, the channel byte.
+    fn start(frame: &mut bytes::BytesMut) {
+        frame.reserve(STDIN_FRAME + 1);
+        frame.extend_from_slice(&[0]);
     }
 
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.sink.as_mut().poll_ready(cx)).map_err(ws_io)?;
-        let frame = std::mem::replace(&mut self.frame, Self::empty());
+        let frame = self.frame.split().freeze();
         self.sink
             .as_mut()
             .start_send(WsMessage::binary(frame))
             .map_err(ws_io)?;
+        Self::start(&mut self.frame);
         Poll::Ready(Ok(()))
     }
 }
@@ -1340,6 +1347,8 @@ enum Report {
     Stored(UploadCheckpoint, Option<String>),
     /// Stream bytes written into `tar -x` (recorded at the engine's rate).
     Downloaded(u64),
+    /// The volume's size, as `du` measured it.
+    Measured(u64),
 }
 
 impl ExecEnd {
@@ -1446,11 +1455,12 @@ impl MoverVolumeStep {
     }
 
     /// The whole copy: the source's mover pod on a PVC from the snapshot (or
-    /// the live PVC, read-only), `du`; then, under a transfer permit, the
-    /// destination's side, and `tar -c` into the chunk store while a
-    /// download follows it chunk by chunk into `tar -x`, so the two overlap.
-    /// Checkpoints go into the run's log. Returns the upload's and the
-    /// download's counters and the measured size.
+    /// the live PVC, read-only) and, at the same time under a transfer
+    /// permit, the destination's side; then `tar -c` into the chunk store
+    /// while a download follows it chunk by chunk into `tar -x`, so the two
+    /// overlap, and `du` measures the volume alongside. Checkpoints go into
+    /// the run's log. Returns the upload's and the download's counters and
+    /// the measured size.
     #[allow(clippy::too_many_arguments)]
     async fn transfer(
         &self,
@@ -1475,62 +1485,6 @@ impl MoverVolumeStep {
         let short = ctx.short();
         let volume = format!("{}-{}", input.source_namespace, input.pvc);
 
-        // 1. The source side: a PVC from the snapshot, or the live PVC
-        // read-only (where the volume can be mounted).
-        let mut placement = None;
-        let (claim, read_only) = match input.path {
-            Some(CopyPath::LiveViaMover) => {
-                placement = live_placement(source, input, source_pvc, &run).await?;
-                (input.pvc.clone(), true)
-            }
-            _ => {
-                let name = ferry_name(&short, &format!("src-{}", input.pvc));
-                let mut tmp = json!({
-                    "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                    "metadata": {"name": name, "namespace": input.source_namespace, "labels": {RUN_LABEL: run, TEMPORARY_LABEL: "true"}},
-                    "spec": {
-                        "accessModes": ["ReadWriteOnce"],
-                        "resources": source_pvc["spec"]["resources"].clone(),
-                        "dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": source_snapshot(&short, &input.pvc)},
-                    },
-                });
-                if let Some(class) = source_pvc.pointer("/spec/storageClassName") {
-                    tmp["spec"]["storageClassName"] = class.clone();
-                }
-                create_owned(source, &tmp, &run).await?;
-                (name, false)
-            }
-        };
-        let up = ferry_name(&short, &format!("up-{}", input.pvc));
-        create_mover_pod(
-            source,
-            &pod(
-                &up,
-                &input.source_namespace,
-                &run,
-                &self.env.mover_image,
-                &self.env.preflight.mover_resources.to_json(),
-                &claim,
-                read_only,
-                placement.as_ref(),
-            ),
-            &run,
-            (&spec.source_context, &input.source_namespace),
-        )
-        .await?;
-        wait_running(
-            source,
-            &input.source_namespace,
-            &up,
-            ctx,
-            self.env.mover.pod_start_timeout,
-        )
-        .await?;
-        let pods: Api<Pod> = Api::namespaced(source.client().clone(), &input.source_namespace);
-
-        // 2. The volume's size, for progress; recorded before the transfer
-        // queues, keeping what an earlier attempt stored.
-        let expected_bytes = measure(&pods, &up).await;
         let repair = resumed
             .as_ref()
             .map(|cp| cp.repair.clone())
@@ -1547,21 +1501,83 @@ impl MoverVolumeStep {
                     chunks_done: 0,
                     stats: UploadStats::default(),
                 }),
-            expected_bytes,
+            expected_bytes: None,
             phase: MoverPhase::Upload,
             bytes_downloaded: 0,
             source_changed: None,
             repair: repair.clone(),
         };
-        ctx.save_checkpoint(&last, true).await?;
-        let _permit = self.permit(ctx).await?;
 
-        // 3. The destination side, ready to receive.
-        let down = self.destination(ctx, input, dest, spec, source_pvc).await?;
-        let (stdin, mut untar) =
-            exec_with_stdin(dest, &input.destination_namespace, &down, &TAR_X).await?;
+        // 1. The source side: a PVC from the snapshot, or the live PVC
+        // read-only (where the volume can be mounted), and a mover pod on
+        // it. Its first checkpoint, once the pod runs, keeps what an
+        // earlier attempt stored.
+        let up = ferry_name(&short, &format!("up-{}", input.pvc));
+        let source_side = async {
+            let mut placement = None;
+            let (claim, read_only) = match input.path {
+                Some(CopyPath::LiveViaMover) => {
+                    placement = live_placement(source, input, source_pvc, &run).await?;
+                    (input.pvc.clone(), true)
+                }
+                _ => {
+                    let name = ferry_name(&short, &format!("src-{}", input.pvc));
+                    let mut tmp = json!({
+                        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                        "metadata": {"name": name, "namespace": input.source_namespace, "labels": {RUN_LABEL: run, TEMPORARY_LABEL: "true"}},
+                        "spec": {
+                            "accessModes": ["ReadWriteOnce"],
+                            "resources": source_pvc["spec"]["resources"].clone(),
+                            "dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": source_snapshot(&short, &input.pvc)},
+                        },
+                    });
+                    if let Some(class) = source_pvc.pointer("/spec/storageClassName") {
+                        tmp["spec"]["storageClassName"] = class.clone();
+                    }
+                    create_owned(source, &tmp, &run).await?;
+                    (name, false)
+                }
+            };
+            create_mover_pod(
+                source,
+                &pod(
+                    &up,
+                    &input.source_namespace,
+                    &run,
+                    &self.env.mover_image,
+                    &self.env.preflight.mover_resources.to_json(),
+                    &claim,
+                    read_only,
+                    placement.as_ref(),
+                ),
+                &run,
+                (&spec.source_context, &input.source_namespace),
+            )
+            .await?;
+            wait_running(
+                source,
+                &input.source_namespace,
+                &up,
+                ctx,
+                self.env.mover.pod_start_timeout,
+            )
+            .await?;
+            ctx.save_checkpoint(&last, true).await.map(drop)
+        };
 
-        // 4. tar -c through exec into the chunk store; each stored chunk
+        // 2. Meanwhile, under a transfer permit, the destination side, ready
+        // to receive: both sides' pods start at once (in a real cluster
+        // each takes seconds: scheduling, attaching, pulling the image).
+        let dest_side = async {
+            let permit = self.permit(ctx).await?;
+            let down = self.destination(ctx, input, dest, spec, source_pvc).await?;
+            let (stdin, untar) =
+                exec_with_stdin(dest, &input.destination_namespace, &down, &TAR_X).await?;
+            Ok::<_, StepError>((permit, stdin, untar))
+        };
+        let ((), (_permit, stdin, mut untar)) = tokio::try_join!(source_side, dest_side)?;
+
+        // 3. tar -c through exec into the chunk store; each stored chunk
         // goes on to tar -x at once.
         let (stdout, mut tar) = exec_with_stdout(
             source,
@@ -1641,10 +1657,33 @@ impl MoverVolumeStep {
                 Ok::<UploadStats, StepError>(out.stats)
             }
         };
+        // The volume's size, for progress, by `du` while the copy runs (on
+        // a volume of millions of files it takes a while of its own); given
+        // up a little after the copy ended without it.
+        let copied = tokio_util::sync::CancellationToken::new();
+        let measuring = {
+            let tx = report_tx.clone();
+            let copied = copied.clone();
+            let pods: Api<Pod> = Api::namespaced(source.client().clone(), &input.source_namespace);
+            let up = up.clone();
+            async move {
+                let late = async {
+                    copied.cancelled().await;
+                    tokio::time::sleep(STDERR_GRACE).await;
+                };
+                tokio::select! {
+                    Some(n) = measure(&pods, &up) => {
+                        let _ = tx.send(Report::Measured(n));
+                    }
+                    () = late => {}
+                }
+            }
+        };
         let damaged = std::sync::OnceLock::new();
         let downloading = {
             let tx = report_tx;
             async {
+                let _copied = copied.drop_guard();
                 let d = follow
                     .options(self.env.mover.download.clone())
                     .on_progress(move |s| {
@@ -1674,6 +1713,10 @@ impl MoverVolumeStep {
                         last.bytes_downloaded = n;
                         ctx.save_checkpoint(&last, false).await?;
                     }
+                    Report::Measured(n) => {
+                        last.expected_bytes = Some(n);
+                        ctx.save_checkpoint(&last, true).await?;
+                    }
                 }
             }
             Ok::<(), StepError>(())
@@ -1683,8 +1726,8 @@ impl MoverVolumeStep {
         // only downloads again); an upload that failed ends the download
         // (its chunks stop, the stream hash never comes). The upload's
         // error, the root cause, is the one reported.
-        let transfer = async { tokio::join!(uploading, downloading, recording) };
-        let (up, down, recorded) = tokio::select! {
+        let transfer = async { tokio::join!(uploading, downloading, recording, measuring) };
+        let (up, down, recorded, ()) = tokio::select! {
             r = transfer => r,
             _ = ctx.cancellation().cancelled() => return Err(StepError::cancelled()),
         };
@@ -1697,7 +1740,12 @@ impl MoverVolumeStep {
         let up_stats = up?;
         let downloaded = down?;
         recorded?;
-        Ok((up_stats, downloaded, expected_bytes, last.source_changed))
+        Ok((
+            up_stats,
+            downloaded,
+            last.expected_bytes,
+            last.source_changed,
+        ))
     }
 }
 
