@@ -7,7 +7,7 @@
 //! so a log read after the fact shows the rates the clone had. A mover
 //! checkpoint is the step's JSON (`steps/src/workflow/mover.rs`,
 //! `MoverCheckpoint`): `bytes_done` (tar stream stored in the bucket),
-//! optionally `expected_bytes` (the volume's size measured before `tar`),
+//! optionally `expected_bytes` (the volume's size, measured alongside `tar`),
 //! `phase` (`upload` or `download`, absent in older logs: upload) and
 //! `bytes_downloaded`. It is read field by field, so older and newer
 //! checkpoints both display.
