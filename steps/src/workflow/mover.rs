@@ -1909,8 +1909,8 @@ mod tests {
         );
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn live_volumes_are_read_where_their_users_run() {
+    /// A simulated cluster `prod` with a namespace `app`.
+    async fn cluster_with_app() -> (ferry_sim::SimCluster, Arc<Cluster>) {
         let sim = ferry_sim::SimCluster::start(ferry_sim::SimOptions {
             name: "prod".into(),
             ..ferry_sim::SimOptions::default()
@@ -1923,6 +1923,12 @@ mod tests {
         c.apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "app"}}))
             .await
             .unwrap();
+        (sim, c)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn live_volumes_are_read_where_their_users_run() {
+        let (sim, c) = cluster_with_app().await;
         for (name, class, mode) in [
             ("rwo", "efs", "ReadWriteOnce"),
             ("rwx", "efs", "ReadWriteMany"),
@@ -2018,18 +2024,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_ended_mover_pod_of_an_earlier_attempt_is_made_anew() {
-        let sim = ferry_sim::SimCluster::start(ferry_sim::SimOptions {
-            name: "prod".into(),
-            ..ferry_sim::SimOptions::default()
-        })
-        .await
-        .unwrap();
-        let clusters =
-            crate::cluster::Clusters::from_paths(&[sim.kubeconfig_path().to_owned()]).unwrap();
-        let c = clusters.get("prod").await.unwrap();
-        c.apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "app"}}))
-            .await
-            .unwrap();
+        let (sim, c) = cluster_with_app().await;
         c.apply(&json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
             "metadata": {"name": "data", "namespace": "app"},
             "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "efs",
