@@ -228,9 +228,9 @@ pub struct MoverCheckpoint {
 const ENDED_POD_GONE: Duration = Duration::from_secs(120);
 
 /// Creates a mover pod. One an earlier attempt left is used again while it
-/// can still run; one that ended (evicted, killed for memory, its node
-/// gone: phase Failed or Succeeded) or is going never runs again, so it is
-/// deleted and, once gone, made anew. The API server's PodSecurity
+/// can still run, unless `fresh`; one that ended (evicted, killed for
+/// memory, its node gone: phase Failed or Succeeded) or is going never runs
+/// again. Those are deleted and, once gone, made anew. The API server's PodSecurity
 /// admission may refuse the pod where preflight saw no `restricted` label
 /// (a cluster-wide default level): the refusal then names the rule and the
 /// fix, on the source namespace (`source` on cluster `context`), whose
@@ -240,9 +240,10 @@ async fn create_mover_pod(
     pod: &Value,
     run: &str,
     (context, source): (&str, &str),
+    fresh: bool,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<(), StepError> {
-    clear_ended_pod(cluster, pod, run, cancel).await?;
+    clear_pod(cluster, pod, run, fresh, cancel).await?;
     match create_owned(cluster, pod, run).await {
         Ok(_) => Ok(()),
         Err(e) if e.message.contains("violates PodSecurity") => {
@@ -263,12 +264,14 @@ async fn create_mover_pod(
     }
 }
 
-/// Deletes this run's pod of `pod`'s name when it ended or is going, and
-/// waits until it is gone (at most [`ENDED_POD_GONE`]).
-async fn clear_ended_pod(
+/// Deletes this run's pod of `pod`'s name when it ended or is going, or
+/// whatever its state when `any`, and waits until it is gone (at most
+/// [`ENDED_POD_GONE`]).
+async fn clear_pod(
     cluster: &Cluster,
     pod: &Value,
     run: &str,
+    any: bool,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<(), StepError> {
     let (_, _, ns, name) = crate::cluster::ids(pod)?;
@@ -288,7 +291,7 @@ async fn clear_ended_pod(
             p.pointer("/status/phase").and_then(Value::as_str),
             Some("Failed" | "Succeeded")
         );
-        if !going && !ended {
+        if !going && !ended && !any && !asked {
             return Ok(());
         }
         if !going && !asked {
@@ -298,7 +301,7 @@ async fn clear_ended_pod(
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(StepError::retryable(format!(
-                "mover pod {}/{name} ended and was still going after {}s; the next attempt makes it again",
+                "mover pod {}/{name} of an earlier attempt was still going after {}s; the next attempt makes it again",
                 ns.unwrap_or_default(),
                 ENDED_POD_GONE.as_secs()
             )));
@@ -1486,6 +1489,10 @@ impl MoverVolumeStep {
             ),
             &run,
             (&spec.source_context, &input.source_namespace),
+            // Made anew on every attempt: a process an earlier one started
+            // here (`find` emptying the volume) outlives its connection, as
+            // exec'd processes do, and would delete what this one writes.
+            true,
             ctx.cancellation(),
         )
         .await?;
@@ -1623,6 +1630,7 @@ impl MoverVolumeStep {
                 ),
                 &run,
                 (&spec.source_context, &input.source_namespace),
+                false,
                 ctx.cancellation(),
             )
             .await?;
@@ -2023,7 +2031,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_ended_mover_pod_of_an_earlier_attempt_is_made_anew() {
+    async fn a_mover_pod_of_an_earlier_attempt_is_made_anew_when_it_ended_or_when_asked() {
         let (sim, c) = cluster_with_app().await;
         c.apply(&json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
             "metadata": {"name": "data", "namespace": "app"},
@@ -2042,7 +2050,7 @@ mod tests {
             None,
         );
         let cancel = tokio_util::sync::CancellationToken::new();
-        let make = || create_mover_pod(&c, &mover, "run-a", ("prod", "app"), &cancel);
+        let make = |fresh| create_mover_pod(&c, &mover, "run-a", ("prod", "app"), fresh, &cancel);
         let now = || async {
             let p = c
                 .get("v1", "Pod", Some("app"), "ferry-a-up-data")
@@ -2059,7 +2067,7 @@ mod tests {
                     .map(str::to_string),
             )
         };
-        make().await.unwrap();
+        make(false).await.unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while now().await.1.as_deref() != Some("Running") {
             assert!(tokio::time::Instant::now() < deadline, "never ran");
@@ -2067,9 +2075,15 @@ mod tests {
         }
         let (first, _) = now().await;
 
-        // A pod that can run is used again.
-        make().await.unwrap();
+        // A pod that can run is used again, unless asked for a fresh one.
+        make(false).await.unwrap();
         assert_eq!(now().await.0, first);
+        // (The destination's: a process an earlier attempt started there
+        // may still run.)
+        make(true).await.unwrap();
+        let (renewed, _) = now().await;
+        assert_ne!(renewed, first, "made anew when asked");
+        let first = renewed;
 
         // Evicted (its node drained, say): it never runs again, and the
         // next attempt must not wait on it.
@@ -2081,7 +2095,7 @@ mod tests {
         )
         .await
         .unwrap();
-        make().await.unwrap();
+        make(false).await.unwrap();
         let (second, phase) = now().await;
         assert_ne!(second, first, "made anew");
         assert_ne!(phase.as_deref(), Some("Failed"));
@@ -2097,7 +2111,7 @@ mod tests {
             true,
             None,
         );
-        let refused = create_mover_pod(&c, &theirs, "run-b", ("prod", "app"), &cancel)
+        let refused = create_mover_pod(&c, &theirs, "run-b", ("prod", "app"), true, &cancel)
             .await
             .unwrap_err();
         assert!(
