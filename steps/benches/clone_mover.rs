@@ -54,7 +54,7 @@ use ferry_engine::{Event, Phase};
 use ferry_steps::workflow::{
     CloneWorkflow, MoverCheckpoint, MoverOutput, MoverPhase, MoverSettings,
 };
-use mover_env::tree::{compare_trees, generate_mixed};
+use mover_env::tree::{compare_trees, fresh_start, generate_mixed};
 use mover_env::{apply_yaml, engine, file_bucket, pv_dir, spec, volumes_yaml};
 
 const MIB: u64 = 1 << 20;
@@ -96,27 +96,6 @@ fn proc_cpu_s(pid: &str, children: bool) -> f64 {
 /// Writes every dirty page to disk (`sync`).
 fn sync() {
     assert!(Command::new("sync").status().unwrap().success());
-}
-
-/// Puts the machine in the same state before every timed run: everything
-/// synced, the page cache dropped where the bench may (as root), and the
-/// source tree `src` read back into it. Without the drop, each run is
-/// slower than the one before as the page cache fills free memory: here
-/// eight `tar -c | tar -x` of one 1 GiB tree in a row took from 1.8 s to
-/// 7.0 s each, and 2.3 s again after a drop, which would favour whichever
-/// contender ran first.
-fn fresh_start(src: &Path) {
-    sync();
-    // Where the bench may not, `main` said so.
-    let _ = std::fs::write("/proc/sys/vm/drop_caches", "1");
-    let warm = Command::new("sh")
-        .arg("-c")
-        .arg("tar -c --sparse -f - -C \"$1\" . | cat > /dev/null")
-        .arg("sh")
-        .arg(src)
-        .status()
-        .unwrap();
-    assert!(warm.success());
 }
 
 /// `tar -c | tar -x` from a [`fresh_start`]: its time until the copy
@@ -503,11 +482,7 @@ fn main() {
             .collect(),
         Err(_) => vec![256 * MIB, 1024 * MIB],
     };
-    if std::fs::OpenOptions::new()
-        .write(true)
-        .open("/proc/sys/vm/drop_caches")
-        .is_err()
-    {
+    if !mover_env::tree::may_drop_caches() {
         eprintln!(
             "note: not allowed to drop the page cache (run as root for that): later runs may be slower as it fills memory"
         );

@@ -4,6 +4,10 @@
 //!
 //! Run: `cargo bench -p ferry-mover --bench mover`. The mover runs in a child
 //! process (this binary, re-executed) so that its peak RSS (VmHWM) is its own.
+//! Every timed run starts from `fresh_start` (synced, the page cache dropped
+//! as root, its input read back in) and is timed until its data is on disk
+//! (the bucket syncs each object; the pipe and the download into `tar -x`
+//! end with a `sync`).
 #![allow(missing_docs)]
 
 use std::fs::{self, File};
@@ -18,7 +22,7 @@ use rand::{Rng, SeedableRng};
 /// The generators the tests use too (`content`, `generate_mixed`).
 #[path = "../tests/common/tree.rs"]
 mod tree;
-use tree::{content, generate_mixed as generate};
+use tree::{content, fresh_start, generate_mixed as generate, may_drop_caches};
 
 const MIB: u64 = 1 << 20;
 
@@ -34,7 +38,14 @@ fn tar_pipe(src: &Path, dst: &Path) -> Duration {
         .status()
         .unwrap();
     assert!(status.success());
+    sync();
     t.elapsed()
+}
+
+/// Writes every dirty page to disk: runs are timed until their data is
+/// there, as the bucket's objects are (it syncs each).
+fn sync() {
+    assert!(Command::new("sync").status().unwrap().success());
 }
 
 fn hwm_kib() -> u64 {
@@ -93,6 +104,7 @@ async fn upload(
 /// Child: upload, download, re-upload; prints one line of numbers.
 async fn child_clone(src: PathBuf, bucket_dir: PathBuf, dst: PathBuf) {
     let b = bucket(&bucket_dir);
+    fresh_start(&src);
     let c0 = cpu_s();
     let t = Instant::now();
     let up = upload(&b, "run-1", &src, UploadOptions::default()).await;
@@ -110,6 +122,8 @@ async fn child_clone(src: PathBuf, bucket_dir: PathBuf, dst: PathBuf) {
     let hwm_null = hwm_kib();
 
     fs::create_dir_all(&dst).unwrap();
+    // The chunks read back, as the pipe's source is.
+    fresh_start(&bucket_dir);
     let t = Instant::now();
     let mut tar = tokio::process::Command::new("tar")
         .args([
@@ -129,10 +143,12 @@ async fn child_clone(src: PathBuf, bucket_dir: PathBuf, dst: PathBuf) {
         .await
         .unwrap();
     assert!(tar.wait().await.unwrap().success());
+    sync();
     let down_s = t.elapsed().as_secs_f64();
     let c2 = cpu_s();
     let hwm_down = hwm_kib();
 
+    fresh_start(&src);
     let t = Instant::now();
     let again = upload(&b, "run-2", &src, UploadOptions::default()).await;
     let re_s = t.elapsed().as_secs_f64();
@@ -299,6 +315,11 @@ fn main() {
             .collect(),
         Err(_) => vec![256 * MIB, 1024 * MIB],
     };
+    if !may_drop_caches() {
+        eprintln!(
+            "note: not allowed to drop the page cache (run as root for that): later runs may be slower as it fills memory"
+        );
+    }
     let df = Command::new("df").args(["-h", "."]).output().unwrap();
     eprint!("{}", String::from_utf8_lossy(&df.stdout));
     // Generated under the current dir, not /tmp (which may be small).
@@ -317,11 +338,11 @@ fn main() {
             size / MIB,
             t.elapsed().as_secs_f64()
         );
-        // Warm the page cache for both contenders alike.
-        tar_pipe(&src, &dir.join("warm"));
-        fs::remove_dir_all(dir.join("warm")).unwrap();
+        // Both contenders start alike (`fresh_start`); nothing is deleted
+        // until both have run (ext4 is slow to create files for a while
+        // after many were deleted).
+        fresh_start(&src);
         let pipe = tar_pipe(&src, &dir.join("pipe")).as_secs_f64();
-        fs::remove_dir_all(dir.join("pipe")).unwrap();
         let line = run_child(&[
             "child".into(),
             "clone".into(),
@@ -389,7 +410,8 @@ fn main() {
                 fs::remove_dir_all(&w).unwrap();
             }
         }
-        fs::remove_dir_all(&dir).unwrap();
+        // Deleted with the rest at the end: deleting here would slow the
+        // next size's file creation.
     }
     let last = results.last().unwrap();
     println!("ratio chunk_store_vs_tar_pipe={:.3}", last.2 / last.1);
