@@ -50,6 +50,8 @@ pub struct Server {
     pub requests: AtomicU64,
     /// Distinct client programs seen (`User-Agent` up to the first space).
     pub user_agents: Mutex<BTreeSet<String>>,
+    /// The exec sessions started, in order.
+    pub execs: crate::exec::ExecLog,
 }
 
 fn json_response(code: u16, body: &Value) -> Response {

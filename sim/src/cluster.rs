@@ -227,6 +227,7 @@ impl SimCluster {
             bookmark_interval: opts.bookmark_interval,
             requests: AtomicU64::new(0),
             user_agents: Default::default(),
+            execs: Default::default(),
         });
         let mut tasks: Vec<JoinHandle<()>> = controllers::builtin()
             .into_iter()
@@ -373,6 +374,12 @@ impl SimCluster {
             name: name.into(),
         };
         self.creates().get(&key).copied().unwrap_or(0)
+    }
+
+    /// The exec sessions started so far, in order (an API server's audit
+    /// log records each `pods/exec` request with its command too).
+    pub fn execs(&self) -> Vec<crate::exec::ExecRecord> {
+        self.server.execs.records()
     }
 
     /// The `/sim/v1/counters` document.

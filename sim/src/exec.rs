@@ -283,14 +283,76 @@ pub async fn handle(
         .collect();
     let drop_after = server.faults.drop_exec_after();
     let cancel = server.cancel.clone();
+    let (ns, name) = (ns.to_string(), name.to_string());
     Ok(ws.on_upgrade(move |socket| async move {
+        let record = server.execs.start(&ns, &name, &req.command);
+        let exited = || server.execs.exited(record);
         tokio::select! {
-            cut = run(socket, req, args, env, workdir, v5, drop_after) => if cut {
+            cut = run(socket, req, args, env, workdir, v5, drop_after, exited) => if cut {
                 server.faults.count_injected();
             },
             _ = cancel.cancelled() => {}
         }
     }))
+}
+
+/// An exec session, as the audit of a cluster's exec requests has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecRecord {
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod.
+    pub pod: String,
+    /// The command as asked for (before `/data` and the like are mapped).
+    pub command: Vec<String>,
+    /// When its process started, on the log's clock (one tick per event).
+    pub started: u64,
+    /// When its process was seen to exit (its status not yet sent), on the
+    /// same clock; `None` while it runs, when it never started, or when the
+    /// session was cut (an injected fault) before it exited.
+    pub exited: Option<u64>,
+}
+
+/// The exec sessions of a simulated cluster, in the order they started.
+#[derive(Debug, Default)]
+pub struct ExecLog {
+    inner: Mutex<(u64, Vec<ExecRecord>)>,
+}
+
+impl ExecLog {
+    /// Records a session's start; returns its index.
+    fn start(&self, namespace: &str, pod: &str, command: &[String]) -> usize {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.0 += 1;
+        let started = g.0;
+        g.1.push(ExecRecord {
+            namespace: namespace.to_string(),
+            pod: pod.to_string(),
+            command: command.to_vec(),
+            started,
+            exited: None,
+        });
+        g.1.len() - 1
+    }
+
+    /// Records that the process of session `i` exited.
+    fn exited(&self, i: usize) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.0 += 1;
+        let now = g.0;
+        if let Some(r) = g.1.get_mut(i) {
+            r.exited = Some(now);
+        }
+    }
+
+    /// Every session so far.
+    pub fn records(&self) -> Vec<ExecRecord> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .clone()
+    }
 }
 
 /// GNU `tar` options that BusyBox's `tar` (1.35, 1.36) does not know: it
@@ -387,6 +449,7 @@ impl Drop for Pooled {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run(
     socket: WebSocket,
     req: Request,
@@ -395,6 +458,7 @@ async fn run(
     workdir: PathBuf,
     v5: bool,
     drop_after: Option<u64>,
+    exited: impl FnOnce(),
 ) -> bool {
     let (mut sink, mut stream) = socket.split();
     let first = if req.stdout {
@@ -551,7 +615,9 @@ async fn run(
     for r in readers {
         let _ = r.await;
     }
-    let status = match child.wait().await {
+    let waited = child.wait().await;
+    exited();
+    let status = match waited {
         Ok(s) if s.success() => json!({"metadata": {}, "status": "Success"}),
         Ok(s) => status_failure(Some(s.code().unwrap_or(128 + 9)), ""),
         Err(e) => status_failure(None, &e.to_string()),

@@ -70,6 +70,34 @@ async fn assert_no_leftovers(w: &World, run: ferry_store::RunId) {
     }
 }
 
+/// The destination volume of `ns`'s mover pod was flushed to disk (`sync`)
+/// after its last `tar -x` exited: the copy ended on disk, not in the page
+/// cache. Returns the flushes seen in that pod.
+fn assert_flushed_after_untar(w: &World, ns: &str) -> usize {
+    let execs: Vec<_> = w
+        .dst
+        .execs()
+        .into_iter()
+        .filter(|e| e.namespace == ns && e.pod.contains("-down-"))
+        .collect();
+    let untar = execs
+        .iter()
+        .rfind(|e| e.command.first().map(String::as_str) == Some("tar"))
+        .unwrap_or_else(|| panic!("no tar -x in {execs:?}"));
+    let exited = untar.exited.expect("tar -x exited");
+    let flushes: Vec<_> = execs
+        .iter()
+        .filter(|e| e.command.join(" ").contains("sync -f /data"))
+        .collect();
+    assert!(
+        flushes
+            .iter()
+            .any(|f| f.started > exited && f.exited.is_some()),
+        "no flush after tar -x: {execs:?}"
+    );
+    flushes.len()
+}
+
 /// Submits `spec`, which must be refused for one reason, before anything is
 /// written on either cluster: the refusal's text.
 async fn refused_writing_nothing(w: &World, spec: &ferry_steps::spec::CloneSpec) -> String {
@@ -91,13 +119,21 @@ async fn refused_writing_nothing(w: &World, spec: &ferry_steps::spec::CloneSpec)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_attribute_survives_a_cross_cluster_clone() {
     let bucket_dir = tempfile::tempdir().unwrap();
-    let w = World::start(file_bucket(bucket_dir.path()), MoverSettings::default()).await;
+    // Flushed behind the writes every MiB.
+    let mover = MoverSettings {
+        flush_every: 1 << 20,
+        ..MoverSettings::default()
+    };
+    let w = World::start(file_bucket(bucket_dir.path()), mover).await;
     let src = seeded(&w, &small_tree(1)).await;
 
     let (run, phase) = w.clone(&spec("attrs", "vol", "vol-copy", false)).await;
     assert_eq!(phase, Phase::Succeeded, "{}", w.steps(run));
     let dst = w.dst_pv("vol-copy", "files").await;
     compare_trees(&src, &dst).unwrap();
+    // A few MB: flushed behind the writes, and once more at the end.
+    let flushes = assert_flushed_after_untar(&w, "vol-copy");
+    assert!(flushes >= 2, "{flushes} flushes");
 
     // The volume was measured while the copy ran, and the checkpoints carry
     // the size from then on, through both phases.
@@ -354,6 +390,7 @@ async fn a_failed_download_is_retried_without_reading_the_source_again() {
     let (run, phase) = w.clone(&spec("retried", "vol", "vol-copy", false)).await;
     assert_eq!(phase, Phase::Succeeded, "{}", w.steps(run));
     compare_trees(&src, &w.dst_pv("vol-copy", "files").await).unwrap();
+    assert_flushed_after_untar(&w, "vol-copy");
 
     let step = "volume/vol-copy/files";
     let failures = step_failures(&w, run, step);

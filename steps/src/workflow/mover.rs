@@ -8,7 +8,9 @@
 //! stored itself are handed over from its memory (the bytes it hashed);
 //! chunks the bucket already had are fetched and verified. When an earlier
 //! attempt stored the whole stream, its manifest is downloaded, every chunk
-//! verified, without reading the source again.
+//! verified, without reading the source again. The destination volume is
+//! flushed to disk behind the writes ([`MoverSettings::flush_every`]) and
+//! once more after `tar -x` exits: the step ends with the copy on disk.
 //!
 //! Exec streams go over kube's WebSocket connection (kubeconfig
 //! credentials, TLS, the v5/v4 handshake) but are framed and read here:
@@ -75,6 +77,11 @@ pub struct MoverSettings {
     /// image pulled) before the step fails, quoting what the cluster says
     /// of it. Default 10 minutes.
     pub pod_start_timeout: Duration,
+    /// Bytes written into `tar -x` between two write-behind flushes of the
+    /// destination volume while it is written (see [`write_behind`]);
+    /// `u64::MAX` for none (the flush at the end is always made). Default
+    /// [`FLUSH_EVERY`].
+    pub flush_every: u64,
 }
 
 impl MoverSettings {
@@ -99,6 +106,7 @@ impl Default for MoverSettings {
             },
             download: DownloadOptions::default(),
             pod_start_timeout: Duration::from_secs(600),
+            flush_every: FLUSH_EVERY,
         }
     }
 }
@@ -114,7 +122,10 @@ impl Default for MoverSettings {
 /// error, never a short copy. `tar -x`'s stdin ends cleanly only after the
 /// whole stream matched the manifest's hash (each chunk is verified before
 /// it is written); until the step succeeds the destination may hold part
-/// of a copy, which a retry empties first.
+/// of a copy, which a retry empties first. The step succeeds only once the
+/// destination volume was flushed to disk after `tar -x` exited 0 (`sync -f`
+/// in its mover pod): a node crash after the run's log says the volume is
+/// copied cannot take the copy with it.
 ///
 /// # Assumptions
 /// Idempotent: a re-run streams the source again, and chunks the bucket
@@ -1196,15 +1207,22 @@ impl Step for MoverVolumeStep {
                 let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
                 let damaged = std::sync::OnceLock::new();
                 let downloading = async {
-                    let d = ferry_mover::Download::new(bucket, &manifest)
-                        .options(self.env.mover.download.clone())
-                        .on_progress(move |s| {
-                            let _ = tx.send(s.bytes_written);
-                        })
-                        .run(stdin)
-                        .await;
+                    let ns = &input.destination_namespace;
+                    let (written, flushing) = tokio::sync::watch::channel(0);
+                    let (d, ()) = tokio::join!(
+                        ferry_mover::Download::new(bucket, &manifest)
+                            .options(self.env.mover.download.clone())
+                            .on_progress(move |s| {
+                                let _ = tx.send(s.bytes_written);
+                                written.send_replace(s.bytes_written);
+                            })
+                            .run(stdin),
+                        write_behind(&dest, ns, &down, flushing, self.env.mover.flush_every),
+                    );
                     note_damage(&damaged, &d);
-                    untar.finish(d, &self.env.mover_image).await
+                    let d = untar.finish(d, &self.env.mover_image).await?;
+                    flush_destination(&dest, ns, &down).await?;
+                    Ok(d)
                 };
                 let recording = async {
                     while let Some(n) = rx.recv().await {
@@ -1529,6 +1547,64 @@ async fn empty_destination(dest: &Cluster, ns: &str, down: &str) -> Result<(), S
     exit_ok(wipe_status, "emptying the destination volume").await
 }
 
+/// Bytes written into `tar -x` between two write-behind flushes of the
+/// destination volume, by default ([`MoverSettings::flush_every`]): a few
+/// seconds of writes for a disk, few enough flushes that each is worth its
+/// exec.
+pub const FLUSH_EVERY: u64 = 128 << 20;
+
+/// Flushes the destination volume's filesystem to disk: `syncfs` on the
+/// volume where the image's `sync` has `-f` (GNU coreutils, BusyBox), the
+/// whole node's `sync` elsewhere.
+const FLUSH: [&str; 3] = ["sh", "-c", "sync -f /data 2>/dev/null || sync"];
+
+/// Flushes what `tar -x` wrote into the destination volume (through its
+/// mover pod `down` in `ns`) to disk. A volume is copied once it is on
+/// disk, not when it is in the node's page cache: the step's end is
+/// recorded in the run's log, and a node that crashed after it would
+/// otherwise lose the data of a volume the log calls copied.
+async fn flush_destination(dest: &Cluster, ns: &str, down: &str) -> Result<(), StepError> {
+    let pods: Api<Pod> = Api::namespaced(dest.client().clone(), ns);
+    let quiet = AttachParams::default()
+        .container("mover")
+        .stdin(false)
+        .stdout(false)
+        .stderr(true);
+    let mut flush = pods
+        .exec(down, FLUSH, &quiet)
+        .await
+        .map_err(|e| crate::cluster::classify(e, "exec in the destination mover pod"))?;
+    let status = flush.take_status();
+    exit_ok(status, "flushing the destination volume to disk").await
+}
+
+/// Write-behind while a download runs: each time `every` more bytes went
+/// into `tar -x` (`written`), the destination volume is flushed
+/// ([`flush_destination`]), one flush at a time, until `written` closes
+/// (the download ended). The disk writes then overlap the copy instead of
+/// all waiting for its end, and the node's dirty pages stay bounded (a
+/// backlog of gigabytes would stall every writer on the node once it
+/// reached the kernel's `dirty_ratio`). A failed flush here is only logged:
+/// the flush after `tar -x` exits is the one that counts.
+async fn write_behind(
+    dest: &Cluster,
+    ns: &str,
+    down: &str,
+    mut written: tokio::sync::watch::Receiver<u64>,
+    every: u64,
+) {
+    let mut flushed = 0u64;
+    while written.changed().await.is_ok() {
+        let n = *written.borrow_and_update();
+        if n >= flushed.saturating_add(every) {
+            flushed = n;
+            if let Err(e) = flush_destination(dest, ns, down).await {
+                tracing::debug!(error = %e.message, "a write-behind flush failed");
+            }
+        }
+    }
+}
+
 impl MoverVolumeStep {
     /// The whole copy: the source's mover pod on a PVC from the snapshot (or
     /// the live PVC, read-only) and, at the same time, the destination's PVC
@@ -1764,15 +1840,22 @@ impl MoverVolumeStep {
         let downloading = {
             let tx = report_tx;
             async {
-                let d = follow
-                    .options(self.env.mover.download.clone())
-                    .on_progress(move |s| {
-                        let _ = tx.send(Report::Downloaded(s.bytes_written));
-                    })
-                    .run(stdin, async { hash_rx.await.ok() })
-                    .await;
+                let ns = &input.destination_namespace;
+                let (written, flushing) = tokio::sync::watch::channel(0);
+                let (d, ()) = tokio::join!(
+                    follow
+                        .options(self.env.mover.download.clone())
+                        .on_progress(move |s| {
+                            let _ = tx.send(Report::Downloaded(s.bytes_written));
+                            written.send_replace(s.bytes_written);
+                        })
+                        .run(stdin, async { hash_rx.await.ok() }),
+                    write_behind(dest, ns, &down, flushing, self.env.mover.flush_every),
+                );
                 note_damage(&damaged, &d);
-                untar.finish(d, &self.env.mover_image).await
+                let d = untar.finish(d, &self.env.mover_image).await?;
+                flush_destination(dest, ns, &down).await?;
+                Ok(d)
             }
         };
         let recording = async {
