@@ -361,6 +361,7 @@ impl ExecLog {
 /// accepts).
 pub const BUSYBOX_TAR_REFUSES: &[&str] = &[
     "--sparse",
+    "--blocking-factor",
     "--xattrs",
     "--acls",
     "--selinux",

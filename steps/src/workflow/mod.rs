@@ -38,7 +38,7 @@ pub use cleanup::CleanupStep;
 pub use health::{HealthOutput, HealthStep, workload_ready};
 pub use hooks::{HookInput, HookOutput, PostHookStep, PreHookStep, ThawStep};
 pub use mover::{
-    DEFAULT_TRANSFER_LIMIT, MoverCheckpoint, MoverOutput, MoverPhase, MoverSettings,
+    DEFAULT_TRANSFER_LIMIT, FLUSH_EVERY, MoverCheckpoint, MoverOutput, MoverPhase, MoverSettings,
     MoverVolumeStep,
 };
 pub use namespaces::NamespacesStep;

@@ -1408,12 +1408,23 @@ async fn store_again(
 /// A transfer permit, held until the step's transfer ends.
 type Permit = tokio::sync::OwnedSemaphorePermit;
 
+/// The record size of both `tar`s: 1 MiB (2048 blocks of 512 bytes), the
+/// size of the exec streams' messages, instead of GNU tar's 10 KiB. Each
+/// `read` and `write` of the archive moves a record: `tar -x` reading a
+/// stream of 1 GiB from a pipe made 100,000 reads of it, and measured with
+/// both `tar`s piped together 1 MiB records took about a fifth off their
+/// CPU. The archive is the same but for zeros padding its end to a whole
+/// record (under 1 MiB; they compress to nothing), and either `tar` reads
+/// the other's records.
+const BLOCKING: &str = "--blocking-factor=2048";
+
 /// `tar -x` in the destination mover pod.
-const TAR_X: [&str; 8] = [
+const TAR_X: [&str; 9] = [
     "tar",
     "-x",
     "--numeric-owner",
     "--same-permissions",
+    BLOCKING,
     "-f",
     "-",
     "-C",
@@ -1747,6 +1758,7 @@ impl MoverVolumeStep {
                 "-c",
                 "--sparse",
                 "--numeric-owner",
+                BLOCKING,
                 "-f",
                 "-",
                 "-C",
