@@ -350,10 +350,15 @@ fn run_size(work: &Path, size: u64) -> (f64, f64, f64, f64) {
     }
 
     sync();
-    // The daemon runs with glibc's arenas capped (cli/ferry.service): more
-    // arenas only grow the peak with the thread count, not with the data.
+    // The clone runs with glibc's malloc set up as the daemon's is
+    // (cli/ferry.service): arenas capped (more only grow the peak with the
+    // thread count, not with the data), freed buffers kept for reuse.
     let out = Command::new(std::env::current_exe().unwrap())
         .env("MALLOC_ARENA_MAX", "2")
+        .env(
+            "GLIBC_TUNABLES",
+            "glibc.malloc.mmap_threshold=8388608:glibc.malloc.trim_threshold=67108864",
+        )
         .args(["child", "clone"])
         .arg(dir.join("ferry"))
         .arg(&prod.kubeconfig)

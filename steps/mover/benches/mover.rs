@@ -259,6 +259,10 @@ async fn child_micro(len: usize) {
 fn run_child(args: &[String]) -> String {
     let out = Command::new(std::env::current_exe().unwrap())
         .env("MALLOC_ARENA_MAX", "2")
+        .env(
+            "GLIBC_TUNABLES",
+            "glibc.malloc.mmap_threshold=8388608:glibc.malloc.trim_threshold=67108864",
+        )
         .args(args)
         .stderr(Stdio::inherit())
         .output()
