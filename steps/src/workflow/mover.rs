@@ -1540,22 +1540,38 @@ impl MoverVolumeStep {
 /// Empties the destination volume through its mover pod `down` in `ns`: a
 /// copy always starts over.
 async fn empty_destination(dest: &Cluster, ns: &str, down: &str) -> Result<(), StepError> {
+    run_in_mover(
+        dest,
+        ns,
+        down,
+        ["sh", "-c", "cd /data && find . -mindepth 1 -delete"],
+        "emptying the destination volume",
+    )
+    .await
+}
+
+/// Runs `command` in the mover container of the destination's pod `down` in
+/// `ns` (no stdin or stdout) to a zero exit status; `what` names it in
+/// errors.
+async fn run_in_mover(
+    dest: &Cluster,
+    ns: &str,
+    down: &str,
+    command: [&str; 3],
+    what: &str,
+) -> Result<(), StepError> {
     let pods: Api<Pod> = Api::namespaced(dest.client().clone(), ns);
     let quiet = AttachParams::default()
         .container("mover")
         .stdin(false)
         .stdout(false)
         .stderr(true);
-    let mut wipe = pods
-        .exec(
-            down,
-            ["sh", "-c", "cd /data && find . -mindepth 1 -delete"],
-            &quiet,
-        )
+    let mut process = pods
+        .exec(down, command, &quiet)
         .await
         .map_err(|e| crate::cluster::classify(e, "exec in the destination mover pod"))?;
-    let wipe_status = wipe.take_status();
-    exit_ok(wipe_status, "emptying the destination volume").await
+    let status = process.take_status();
+    exit_ok(status, what).await
 }
 
 /// Bytes written into `tar -x` between two write-behind flushes of the
@@ -1575,18 +1591,14 @@ const FLUSH: [&str; 3] = ["sh", "-c", "sync -f /data 2>/dev/null || sync"];
 /// recorded in the run's log, and a node that crashed after it would
 /// otherwise lose the data of a volume the log calls copied.
 async fn flush_destination(dest: &Cluster, ns: &str, down: &str) -> Result<(), StepError> {
-    let pods: Api<Pod> = Api::namespaced(dest.client().clone(), ns);
-    let quiet = AttachParams::default()
-        .container("mover")
-        .stdin(false)
-        .stdout(false)
-        .stderr(true);
-    let mut flush = pods
-        .exec(down, FLUSH, &quiet)
-        .await
-        .map_err(|e| crate::cluster::classify(e, "exec in the destination mover pod"))?;
-    let status = flush.take_status();
-    exit_ok(status, "flushing the destination volume to disk").await
+    run_in_mover(
+        dest,
+        ns,
+        down,
+        FLUSH,
+        "flushing the destination volume to disk",
+    )
+    .await
 }
 
 /// Write-behind while a download runs: each time `every` more bytes went
