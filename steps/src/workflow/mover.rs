@@ -1206,24 +1206,20 @@ impl Step for MoverVolumeStep {
                 ctx.save_checkpoint(&last, true).await?;
                 let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
                 let damaged = std::sync::OnceLock::new();
-                let downloading = async {
-                    let ns = &input.destination_namespace;
-                    let (written, flushing) = tokio::sync::watch::channel(0);
-                    let (d, ()) = tokio::join!(
+                let downloading = self.download_to_destination(
+                    (&dest, &input.destination_namespace, &down),
+                    &mut untar,
+                    &damaged,
+                    |written| {
                         ferry_mover::Download::new(bucket, &manifest)
                             .options(self.env.mover.download.clone())
                             .on_progress(move |s| {
                                 let _ = tx.send(s.bytes_written);
                                 written.send_replace(s.bytes_written);
                             })
-                            .run(stdin),
-                        write_behind(&dest, ns, &down, flushing, self.env.mover.flush_every),
-                    );
-                    note_damage(&damaged, &d);
-                    let d = untar.finish(d, &self.env.mover_image).await?;
-                    flush_destination(&dest, ns, &down).await?;
-                    Ok(d)
-                };
+                            .run(stdin)
+                    },
+                );
                 let recording = async {
                     while let Some(n) = rx.recv().await {
                         last.bytes_downloaded = n;
@@ -1632,6 +1628,33 @@ async fn write_behind(
 }
 
 impl MoverVolumeStep {
+    /// Runs `download` (given where to report the bytes it wrote) into
+    /// `tar -x` (`untar`) in the destination's mover pod (`dest`, its
+    /// namespace, the pod), flushing the volume behind it
+    /// ([`write_behind`]); then checks `tar -x`'s exit and flushes once more
+    /// ([`flush_destination`]). A chunk the download found damaged is noted
+    /// in `damaged`.
+    async fn download_to_destination<F>(
+        &self,
+        (dest, ns, down): (&Cluster, &str, &str),
+        untar: &mut ExecEnd,
+        damaged: &std::sync::OnceLock<ferry_mover::ChunkHash>,
+        download: impl FnOnce(tokio::sync::watch::Sender<u64>) -> F,
+    ) -> Result<ferry_mover::DownloadStats, StepError>
+    where
+        F: Future<Output = ferry_mover::Result<ferry_mover::DownloadStats>>,
+    {
+        let (written, flushing) = tokio::sync::watch::channel(0);
+        let (d, ()) = tokio::join!(
+            download(written),
+            write_behind(dest, ns, down, flushing, self.env.mover.flush_every),
+        );
+        note_damage(damaged, &d);
+        let d = untar.finish(d, &self.env.mover_image).await?;
+        flush_destination(dest, ns, down).await?;
+        Ok(d)
+    }
+
     /// The whole copy: the source's mover pod on a PVC from the snapshot (or
     /// the live PVC, read-only) and, at the same time, the destination's PVC
     /// and mover pod; then, under a transfer permit, the destination emptied
@@ -1866,24 +1889,20 @@ impl MoverVolumeStep {
         let damaged = std::sync::OnceLock::new();
         let downloading = {
             let tx = report_tx;
-            async {
-                let ns = &input.destination_namespace;
-                let (written, flushing) = tokio::sync::watch::channel(0);
-                let (d, ()) = tokio::join!(
+            self.download_to_destination(
+                (dest, &input.destination_namespace, &down),
+                &mut untar,
+                &damaged,
+                |written| {
                     follow
                         .options(self.env.mover.download.clone())
                         .on_progress(move |s| {
                             let _ = tx.send(Report::Downloaded(s.bytes_written));
                             written.send_replace(s.bytes_written);
                         })
-                        .run(stdin, async { hash_rx.await.ok() }),
-                    write_behind(dest, ns, &down, flushing, self.env.mover.flush_every),
-                );
-                note_damage(&damaged, &d);
-                let d = untar.finish(d, &self.env.mover_image).await?;
-                flush_destination(dest, ns, &down).await?;
-                Ok(d)
-            }
+                        .run(stdin, async { hash_rx.await.ok() })
+                },
+            )
         };
         let recording = async {
             while let Some(report) = reports.recv().await {
